@@ -1,0 +1,97 @@
+"""`python -m export`: the exporter's command line."""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("GLOG_minloglevel", "2")  # keep Paddle's C++ INFO lines off the terminal
+
+from export.errors import ExportError
+from export.exporter import DEFAULT_LABELS, ExportRequest, ExportResult, export
+from export.models import MODELS, UnknownModelError
+
+STEPS = 6
+
+
+class StepPrinter:
+    """Numbered step lines on stderr, each closed with its duration: the slow steps show progress."""
+
+    def __init__(self) -> None:
+        self.started = self.step_started = time.monotonic()
+        self.step = 0
+
+    def __call__(self, description: str) -> None:
+        self.finish()
+        self.step += 1
+        print(f"[{self.step}/{STEPS}] {description} ...", end="", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        """Close the open step line with its duration."""
+        now = time.monotonic()
+        if self.step:
+            print(f" {now - self.step_started:.1f} s", file=sys.stderr, flush=True)
+        self.step_started = now
+
+    def total(self) -> float:
+        """Seconds since the first step."""
+        return time.monotonic() - self.started
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The CLI: one weights source (checkpoint, inference model or random seed) per run."""
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export a PaddleClas classifier to Paddle Serving's serving_server/ + serving_client/ layout.",
+    )
+    parser.add_argument("--model", required=True, help=f"architecture: one of {', '.join(MODELS)}")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", type=Path, help="PaddleClas checkpoint (.pdparams written by paddle.save)")
+    source.add_argument("--inference-model", type=Path,
+                        help="PaddleClas inference model folder (inference.json or .pdmodel + inference.pdiparams)")
+    source.add_argument("--random-init", type=int, metavar="SEED",
+                        help="calibrated seeded random weights, for demos and tests: predictions are meaningless")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (must not exist unless --force)")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classifier width (default: 1000)")
+    parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS,
+                        help="label file, one '<id> <name>' per class (default: ImageNet-1k)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    return parser.parse_args(argv)
+
+
+def report(result: ExportResult, out: Path) -> None:
+    """Print what was exported beside PaddleClas's published figures."""
+    card = result.card
+    published = card["published"]
+    print(f"exported {card['model']} ({card['num_classes']} classes, input 3x{card['input']['shape'][1]}"
+          f"x{card['input']['shape'][2]}) to {out}")
+    print(f"  params: {result.params:,} ({result.params / 1e6:.2f} M; published {published['params_m']:.2f} M)")
+    print(f"  FLOPs:  {result.flops / 1e9:.2f} G (2 x conv+fc MACs; published {published['flops_g']:.2f} G)")
+    print(f"  parity: max |prob diff| exported vs network = {result.parity_max_abs_diff:.2e} (limit 1e-4)")
+    print(f"  fetch:  {card['output']['name']} as 'prediction'; weights: {card['weights']['source']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one export; errors are one line on stderr and a non-zero exit."""
+    args = parse_args(argv)
+    if args.random_init is not None:
+        print(f"warning: --random-init {args.random_init}: random weights, predictions are meaningless",
+              file=sys.stderr)
+    request = ExportRequest(model=args.model, out=args.out, weights=args.weights,
+                            inference_model=args.inference_model, random_init=args.random_init,
+                            num_classes=args.num_classes, labels=args.labels, force=args.force)
+    progress = StepPrinter()
+    try:
+        result = export(request, progress)
+    except (ExportError, UnknownModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    progress.finish()
+    report(result, args.out)
+    print(f"  done in {progress.total():.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

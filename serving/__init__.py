@@ -1,0 +1,1 @@
+"""The serving runtime: config, predictors, data plane and protocol front ends."""
