@@ -4,13 +4,16 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
-os.environ.setdefault("GLOG_minloglevel", "2")  # keep Paddle's C++ INFO lines off the terminal
+# Keep Paddle's C++ INFO lines and its import-time ccache warning off the user's terminal.
+os.environ.setdefault("GLOG_minloglevel", "2")
+warnings.filterwarnings("ignore", message="No ccache found")
 
-from export.errors import ExportError
-from export.exporter import DEFAULT_LABELS, ExportRequest, ExportResult, export
-from export.models import MODELS, UnknownModelError
+from export.errors import ExportError  # noqa: E402
+from export.exporter import DEFAULT_LABELS, ExportRequest, ExportResult, export  # noqa: E402
+from export.models import MODELS, UnknownModelError  # noqa: E402
 
 STEPS = 6
 
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = export(request, progress)
     except (ExportError, UnknownModelError) as exc:
+        progress.finish()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     progress.finish()

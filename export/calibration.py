@@ -4,15 +4,19 @@ Plain random init saturates (DarkNet53's logits reach ~1e5 with default BatchNor
 statistics), so every image gets a one-hot softmax and parity checks prove nothing.
 """
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import paddle
 from paddle import nn
 
 from export.models import MEAN, STD, ModelSpec
+from serving.preprocess import Transforms
 
+SAMPLE_IMAGES = Path(__file__).parent / "data" / "images"
 LOGIT_STD = 2.0
-CALIBRATION_BATCH = 4
+SYNTHETIC_IMAGES = 2
 VARIANCE_FLOOR = 0.1
 RESIDUAL_GAMMA = 0.2
 
@@ -29,6 +33,15 @@ def synthetic_images(count: int, size: int, seed: int) -> np.ndarray:
         image = np.clip(image, 0.0, 1.0)
         batch.append(((image - MEAN) / STD).transpose(2, 0, 1))
     return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def calibration_batch(spec: ModelSpec, seed: int) -> np.ndarray:
+    """The shipped sample photos, flipped and not, plus seeded synthetic images, preprocessed for `spec`."""
+    transforms = Transforms.from_card(spec.preprocessing())
+    photos = [transforms(path.read_bytes()) for path in sorted(SAMPLE_IMAGES.iterdir())]
+    flipped = [np.ascontiguousarray(photo[:, :, ::-1]) for photo in photos]
+    synthetic = list(synthetic_images(SYNTHETIC_IMAGES, spec.crop_size, seed))
+    return np.stack(photos + flipped + synthetic)
 
 
 def _rescale(layer: nn.Layer, factor: float) -> None:
@@ -79,7 +92,7 @@ def calibrate(network: nn.Layer, spec: ModelSpec, seed: int) -> None:
             handles.append(layer.register_forward_post_hook(_unit_output_hook))
         elif isinstance(layer, nn.BatchNorm):
             handles.append(layer.register_forward_pre_hook(_batch_stats_hook))
-    images = paddle.to_tensor(synthetic_images(CALIBRATION_BATCH, spec.crop_size, seed))
+    images = paddle.to_tensor(calibration_batch(spec, seed))
     try:
         with paddle.no_grad():
             network(images)

@@ -21,7 +21,8 @@ def param_attr_names(model: str) -> dict[str, str]:
     return json.loads((PARAM_NAMES_DIR / f"{model}.json").read_text())
 
 
-def _checked_file(path: Path) -> Path:
+def checked_file(path: Path) -> Path:
+    """`path`, if it is an existing regular file."""
     if not path.exists():
         raise WeightsError(f"weights file {path} does not exist")
     if not path.is_file():
@@ -31,7 +32,7 @@ def _checked_file(path: Path) -> Path:
 
 def load_pdparams(path: Path) -> dict[str, np.ndarray]:
     """Read a `paddle.save` checkpoint into name -> array."""
-    path = _checked_file(Path(path))
+    path = checked_file(Path(path))
     try:
         state = paddle.load(str(path), return_numpy=True)
     except OSError as exc:

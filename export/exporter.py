@@ -130,10 +130,7 @@ def write_model_configs(staging: Path, spec: ModelSpec, num_classes: int, fetch_
 
 def export(request: ExportRequest, progress: Progress = lambda step: None) -> ExportResult:
     """Run the whole export into a staging folder beside `out`, then rename it into place."""
-    spec = get_spec(request.model)
-    if request.num_classes < 1:
-        raise ExportError(f"--num-classes must be at least 1, got {request.num_classes}")
-    read_labels(request.labels, request.num_classes)
+    spec = validate(request)
     staging = _staging_dir(Path(request.out), request.force)
     try:
         result = _export_into(staging, request, spec, progress)
@@ -143,6 +140,19 @@ def export(request: ExportRequest, progress: Progress = lambda step: None) -> Ex
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return result
+
+
+def validate(request: ExportRequest) -> ModelSpec:
+    """The checks that need no work done: fail before anything is built or written."""
+    spec = get_spec(request.model)
+    if request.num_classes < 1:
+        raise ExportError(f"--num-classes must be at least 1, got {request.num_classes}")
+    read_labels(request.labels, request.num_classes)
+    if request.weights is not None:
+        checkpoint.checked_file(Path(request.weights))
+    if request.inference_model is not None:
+        inference_io.find_program(request.inference_model)
+    return spec
 
 
 def _export_into(staging: Path, request: ExportRequest, spec: ModelSpec, progress: Progress) -> ExportResult:
@@ -170,6 +180,9 @@ def _staging_dir(out: Path, force: bool) -> Path:
         raise OutputError(f"output folder {out} already exists; pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path {out} exists and is not a folder")
+    blocking_file = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking_file is not None:
+        raise OutputError(f"cannot write output folder {out}: {blocking_file} is a file, not a folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))

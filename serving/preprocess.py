@@ -1,0 +1,62 @@
+"""PaddleClas's eval transforms, driven by a model card's `preprocessing` section."""
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image OpenCV can decode."""
+
+
+@dataclass(frozen=True)
+class Transforms:
+    """DecodeImage(to_rgb) -> ResizeImage(resize_short) -> CropImage -> NormalizeImage -> ToCHWImage."""
+
+    resize_short: int
+    crop_size: int
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_card(cls, preprocessing: dict) -> "Transforms":
+        """Read the card section the exporter writes."""
+        normalize = preprocessing["normalize"]
+        return cls(
+            resize_short=int(preprocessing["resize_short"]["size"]),
+            crop_size=int(preprocessing["center_crop"]["size"]),
+            scale=float(normalize["scale"]),
+            mean=tuple(float(v) for v in normalize["mean"]),
+            std=tuple(float(v) for v in normalize["std"]),
+        )
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Encoded image bytes -> RGB uint8 HWC."""
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ImageDecodeError("input is not a decodable image (JPEG, PNG, BMP, ...)")
+        return image[:, :, ::-1]
+
+    def resize_crop(self, image: np.ndarray) -> np.ndarray:
+        """Resize the short side to `resize_short` (bilinear), then centre-crop `crop_size`."""
+        height, width = image.shape[:2]
+        percent = self.resize_short / min(width, height)
+        new_w, new_h = round(width * percent), round(height * percent)
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        top, left = (new_h - self.crop_size) // 2, (new_w - self.crop_size) // 2
+        if top < 0 or left < 0:
+            raise ImageDecodeError(f"image {width}x{height} is too small for a {self.crop_size} crop")
+        return image[top : top + self.crop_size, left : left + self.crop_size]
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """uint8 HWC RGB -> normalized float32 CHW."""
+        scaled = image.astype(np.float32) * np.float32(self.scale)
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(((scaled - mean) / std).transpose(2, 0, 1))
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        """Encoded image bytes -> the model's float32 [3, S, S] input."""
+        return self.normalize(self.resize_crop(self.decode(data)))

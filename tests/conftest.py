@@ -1,0 +1,38 @@
+"""Shared test helpers: reference data, real photos, and the exporter's CLI run in-process."""
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+warnings.filterwarnings("ignore", message="No ccache found")
+
+import pytest  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+IMAGES = Path(__file__).parent.parent / "export" / "data" / "images"
+MODEL_NAMES = ["AlexNet", "SqueezeNet1_0", "SqueezeNet1_1", "DarkNet53", "SENet154_vd"]
+
+
+def reference_params(model: str) -> list[list]:
+    """PaddleClas's state_dict as [key, shape, dtype] rows, in order."""
+    return json.loads((DATA / "reference" / f"{model}.params.json").read_text())
+
+
+def photo_bytes() -> list[bytes]:
+    """The two real photos: a daisy and an ImageNet val tench."""
+    return [(IMAGES / name).read_bytes() for name in ("daisy.jpg", "n01440764_10026.JPEG")]
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture):
+    """Run `python -m export` in-process; return (exit code, stdout, stderr)."""
+    from export.__main__ import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(arg) for arg in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
