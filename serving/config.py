@@ -1,0 +1,254 @@
+"""config.yml -> typed, validated objects: Paddle Serving's keys and defaults, plus this kit's limits.
+
+Every error names the key path, the value and what is allowed, and is raised at start.
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from serving.errors import ConfigError
+from serving.model_config import SERVER_CONF
+
+CLIENT_TYPES = ("local_predictor", "brpc", "grpc")
+SUPPORTED_DEVICE_TYPES = {-1: "from devices", 0: "CPU", 1: "GPU", 2: "TensorRT"}
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+
+
+def _require(condition: bool, path: str, value: object, allowed: str) -> None:
+    """Raise the kit's standard config error unless `condition` holds."""
+    if not condition:
+        raise ConfigError(f"config {path} = {value!r}: {allowed}")
+
+
+@dataclass
+class LocalServiceConf:
+    """op.<name>.local_service_conf: the in-process predictor (plus this kit's TensorRT knobs)."""
+
+    model_config: str = ""
+    client_type: str = "local_predictor"
+    device_type: int = -1
+    devices: str = ""
+    thread_num: int = 2
+    mem_optim: bool = True
+    ir_optim: bool = False
+    precision: str = "fp32"
+    use_calib: bool = False
+    use_mkldnn: bool = False
+    mkldnn_cache_capacity: int = 0
+    mkldnn_op_list: list[str] | None = None
+    mkldnn_bf16_op_list: list[str] | None = None
+    min_subgraph_size: int = 3
+    fetch_list: list[str] | None = None
+    max_batch_size: int = 32
+    trt_workspace_mb: int = 1024
+    trt_cache_dir: str = ""
+
+    def validate(self, path: str) -> None:
+        """Value ranges and the contradictions Paddle Serving only found at first request."""
+        _require(bool(self.model_config), f"{path}.model_config", self.model_config,
+                 "set it to the exported serving_server folder")
+        _require(self.client_type in CLIENT_TYPES, f"{path}.client_type", self.client_type,
+                 f"one of {', '.join(CLIENT_TYPES)}")
+        _require(self.device_type in SUPPORTED_DEVICE_TYPES, f"{path}.device_type", self.device_type,
+                 "supported: " + ", ".join(f"{k} ({v})" for k, v in SUPPORTED_DEVICE_TYPES.items()))
+        _require(all(part.strip().isdigit() for part in self.devices.split(",")) or not self.devices.strip(),
+                 f"{path}.devices", self.devices, 'use "" for CPU or GPU ids like "0" or "0,1"')
+        _require(self.device_type not in (1, 2) or bool(self.gpu_ids), f"{path}.devices", self.devices,
+                 f"device_type {self.device_type} needs GPU ids, e.g. devices: \"0\"")
+        _require(self.precision in PRECISIONS, f"{path}.precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        on_gpu = self.device_type in (1, 2) or (self.device_type == -1 and bool(self.gpu_ids))
+        _require(on_gpu or self.precision in ("fp32", "bf16"), f"{path}.precision", self.precision,
+                 "on CPU use fp32 or bf16 (fp16/int8 need device_type 1 or 2)")
+        _require(not on_gpu or self.precision != "bf16", f"{path}.precision", self.precision,
+                 "bf16 is a CPU (oneDNN) precision; on GPU use fp32, fp16 or int8")
+        for key in ("thread_num", "min_subgraph_size", "max_batch_size", "trt_workspace_mb"):
+            _require(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "must be >= 1")
+        _require(self.mkldnn_cache_capacity >= 0, f"{path}.mkldnn_cache_capacity", self.mkldnn_cache_capacity,
+                 "must be >= 0")
+
+    @property
+    def gpu_ids(self) -> list[int]:
+        """The `devices` string as card ids; empty means CPU."""
+        return [int(part) for part in self.devices.split(",") if part.strip()]
+
+
+@dataclass
+class OpConfig:
+    """op.<name>: scheduling of one op and where its model runs."""
+
+    concurrency: int = 1
+    timeout: int = -1
+    retry: int = 1
+    batch_size: int = 1
+    auto_batching_timeout: int = -1
+    server_endpoints: list[str] | None = None
+    fetch_list: list[str] | None = None
+    client_config: str | None = None
+    local_service_conf: LocalServiceConf | None = None
+    topk: int = 1
+
+    def validate(self, path: str) -> None:
+        """Ranges, and a local model or remote endpoints when a model is configured."""
+        for key in ("concurrency", "retry", "batch_size", "topk"):
+            _require(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "must be >= 1")
+        conf = self.local_service_conf
+        if conf is not None and conf.max_batch_size < self.batch_size:
+            raise ConfigError(f"config {path}.local_service_conf.max_batch_size: {conf.max_batch_size!r} is below "
+                              f"{path}.batch_size {self.batch_size}; raise max_batch_size or lower batch_size")
+
+
+@dataclass
+class TracerConfig:
+    """dag.tracer: periodic performance summaries."""
+
+    interval_s: int = -1
+
+
+@dataclass
+class DagConfig:
+    """dag: options shared by all ops."""
+
+    retry: int = 1
+    client_type: str = "brpc"
+    use_profile: bool = False
+    channel_size: int = 0
+    is_thread_op: bool = True
+    tracer: TracerConfig = field(default_factory=TracerConfig)
+    enable_prometheus: bool = False
+    prometheus_port: int | None = None
+
+    def validate(self, path: str) -> None:
+        """Ranges and allowed values."""
+        _require(self.retry >= 1, f"{path}.retry", self.retry, "must be >= 1")
+        _require(self.channel_size >= 0, f"{path}.channel_size", self.channel_size, "must be >= 0")
+        _require(self.client_type in ("brpc", "grpc"), f"{path}.client_type", self.client_type, "one of brpc, grpc")
+
+
+@dataclass
+class LimitsConfig:
+    """limits (this kit's): bounds that keep one bad request from hurting the others."""
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    request_timeout_ms: int = 30_000
+
+    def validate(self, path: str) -> None:
+        """All limits are positive."""
+        for key in ("max_body_bytes", "max_image_pixels", "request_timeout_ms"):
+            _require(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "must be >= 1")
+
+
+@dataclass
+class ServiceConfig:
+    """The whole config.yml."""
+
+    rpc_port: int | None = None
+    http_port: int | None = None
+    worker_num: int = 1
+    build_dag_each_worker: bool = False
+    dag: DagConfig = field(default_factory=DagConfig)
+    op: dict[str, OpConfig] = field(default_factory=dict)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def validate(self, path: str) -> None:
+        """Ports: at least one, each 1024-65535 (0 = pick a free port, for tests)."""
+        _require(self.rpc_port is not None or self.http_port is not None, f"{path}rpc_port/http_port", None,
+                 "set at least one of rpc_port and http_port")
+        for key in ("rpc_port", "http_port"):
+            port = getattr(self, key)
+            _require(port is None or port == 0 or 1024 <= port <= 65535, f"{path}{key}", port,
+                     "use 1024-65535 (or 0 for any free port)")
+        _require(self.rpc_port is None or self.rpc_port == 0 or self.rpc_port != self.http_port, f"{path}http_port",
+                 self.http_port, "rpc_port and http_port must differ")
+        _require(self.worker_num >= 1, f"{path}worker_num", self.worker_num, "must be >= 1")
+
+
+def _type_name(kind: object) -> str:
+    return getattr(kind, "__name__", str(kind)).replace("NoneType", "null")
+
+
+def _coerce(kind: object, value: object, path: str) -> object:
+    """Check `value` against the annotated type, building nested dataclasses; YAML null means the default."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        inner = next(arg for arg in args if arg is not type(None))
+        return None if value is None else _coerce(inner, value, path)
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, path)
+    if origin is dict:
+        _require(isinstance(value, dict), path, value, "expected a mapping of op name -> settings")
+        return {str(name): _coerce(args[1], item, f"{path}.{name}") for name, item in value.items()}
+    if origin is list:
+        _require(isinstance(value, list) and all(isinstance(item, str) for item in value), path, value,
+                 "expected a list of strings")
+        return list(value)
+    if kind is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), path, value, "expected an integer")
+    elif kind is bool:
+        _require(isinstance(value, bool), path, value, "expected true or false")
+    elif kind is str:
+        _require(isinstance(value, (str, int)) and not isinstance(value, bool), path, value, "expected a string")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: object, path: str) -> object:
+    """Instantiate dataclass `cls` from a mapping, rejecting unknown keys by name."""
+    _require(isinstance(data, dict), path or "(top level)", data, f"expected a mapping for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [item.name for item in dataclasses.fields(cls)]
+    prefix = f"{path}." if path else ""
+    kwargs = {}
+    for key, value in data.items():
+        _require(key in hints, f"{prefix}{key}", value, f"unknown key; allowed keys here: {', '.join(names)}")
+        if value is not None:
+            kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    instance = cls(**kwargs)
+    if hasattr(instance, "validate"):
+        instance.validate(path if isinstance(instance, ServiceConfig) else path or cls.__name__)
+    return instance
+
+
+def parse_config(data: object, base_dir: Path) -> ServiceConfig:
+    """Build and validate a ServiceConfig; relative model folders are resolved against `base_dir`."""
+    config = _build(ServiceConfig, {} if data is None else data, "")
+    for name, op in config.op.items():
+        conf = op.local_service_conf
+        if conf is None or conf.client_type != "local_predictor":
+            continue
+        folder = Path(conf.model_config)
+        folder = folder if folder.is_absolute() else (base_dir / folder)
+        _require((folder / SERVER_CONF).is_file(), f"op.{name}.local_service_conf.model_config", conf.model_config,
+                 f"the folder must exist and hold {SERVER_CONF} (looked in {folder}); export one with python -m export")
+        conf.model_config = str(folder.resolve())
+    return config
+
+
+def apply_overrides(data: dict, overrides: dict[str, object]) -> dict:
+    """Command-line overrides: `http_port`, `rpc_port`, and `model_config` for every local-predictor op."""
+    data = dict(data or {})
+    for key in ("http_port", "rpc_port"):
+        if overrides.get(key) is not None:
+            data[key] = overrides[key]
+    if overrides.get("model_config") is not None:
+        for op in (data.get("op") or {}).values():
+            if isinstance(op, dict) and isinstance(op.get("local_service_conf"), dict):
+                op["local_service_conf"] = {**op["local_service_conf"], "model_config": overrides["model_config"]}
+    return data
+
+
+def load_config(path: Path, overrides: dict[str, object] | None = None) -> ServiceConfig:
+    """Read config.yml, apply command-line overrides (already absolute paths), validate."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    return parse_config(apply_overrides(data, overrides or {}), path.parent)

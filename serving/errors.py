@@ -1,0 +1,95 @@
+"""Every serving error is a typed exception with a Paddle Serving err_no; wire mappings live here only."""
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    """Paddle Serving's pipeline err_no values (protocols.md §3); 50-99 are the user's product codes."""
+
+    OK = 0
+    NOT_IMPLEMENTED = 3000
+    CLOSED = 3001
+    NO_SERVICE = 3002
+    INIT_ERROR = 3003
+    CONFIG = 4000
+    INPUT = 5000
+    TIMEOUT = 6000
+    TYPE_CHECK = 7000
+    RPC = 8000
+    INFERENCE = 9000
+    UNKNOWN = 10000
+
+
+class ServingError(Exception):
+    """Base of all request-time and start-up errors; `code` is the err_no clients see."""
+
+    code: int = ErrorCode.UNKNOWN
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        """The text clients see as err_msg."""
+        return str(self)
+
+
+class ConfigError(ServingError):
+    """config.yml (or a command-line override) is invalid: raised at start, never at request time."""
+
+    code = ErrorCode.CONFIG
+
+
+class InitError(ServingError):
+    """An op or predictor failed to initialise."""
+
+    code = ErrorCode.INIT_ERROR
+
+
+class InputError(ServingError):
+    """The request is malformed or its data unusable."""
+
+    code = ErrorCode.INPUT
+
+
+class ServiceNotFoundError(ServingError):
+    """The request names a service this server does not run."""
+
+    code = ErrorCode.NO_SERVICE
+
+
+class DeadlineExceededError(ServingError):
+    """An op or the whole request ran out of time."""
+
+    code = ErrorCode.TIMEOUT
+
+
+class TypeCheckError(ServingError):
+    """An op returned values of the wrong type (e.g. a non-str result value)."""
+
+    code = ErrorCode.TYPE_CHECK
+
+
+class InferenceError(ServingError):
+    """The predictor failed on well-formed input."""
+
+    code = ErrorCode.INFERENCE
+
+
+class ClosedError(ServingError):
+    """The server is shutting down."""
+
+    code = ErrorCode.CLOSED
+
+
+class ProductError(ServingError):
+    """An error an op's own code reported through its prod_errcode (50-99 by convention)."""
+
+
+def error_of(exc: BaseException) -> tuple[int, str]:
+    """(err_no, err_msg) for any exception; unexpected ones become UNKNOWN with their type named."""
+    if isinstance(exc, ServingError):
+        return int(exc.code), exc.message
+    return int(ErrorCode.UNKNOWN), f"internal error: {type(exc).__name__}: {exc}"
