@@ -21,8 +21,11 @@ test: lint
 	$(PY) -m pytest -q
 
 # Regenerates serving/proto/*_pb2.py from the .proto files (committed; never edit them by hand).
+PROTOS := $(wildcard serving/proto/*.proto)
+SERVICE_PROTOS := serving/proto/pipeline_service.proto
 proto: $(STAMP)
-	cd serving/proto && ../../$(PY) -m grpc_tools.protoc -I. --python_out=. *.proto
+	$(PY) -m grpc_tools.protoc -I. --python_out=. $(PROTOS)
+	$(PY) -m grpc_tools.protoc -I. --grpc_python_out=. $(SERVICE_PROTOS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

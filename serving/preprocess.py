@@ -5,9 +5,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from serving.images import ImageDecodeError, decode_rgb
 
-class ImageDecodeError(ValueError):
-    """The bytes are not an image OpenCV can decode."""
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,6 @@ class Transforms:
             std=tuple(float(v) for v in normalize["std"]),
         )
 
-    def decode(self, data: bytes) -> np.ndarray:
-        """Encoded image bytes -> RGB uint8 HWC."""
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ImageDecodeError("input is not a decodable image (JPEG, PNG, BMP, ...)")
-        return image[:, :, ::-1]
-
     def resize_crop(self, image: np.ndarray) -> np.ndarray:
         """Resize the short side to `resize_short` (bilinear), then centre-crop `crop_size`."""
         height, width = image.shape[:2]
@@ -57,6 +50,6 @@ class Transforms:
         std = np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(((scaled - mean) / std).transpose(2, 0, 1))
 
-    def __call__(self, data: bytes) -> np.ndarray:
+    def __call__(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """Encoded image bytes -> the model's float32 [3, S, S] input."""
-        return self.normalize(self.resize_crop(self.decode(data)))
+        return self.normalize(self.resize_crop(decode_rgb(data, max_pixels)))

@@ -1,0 +1,102 @@
+"""The image-classification pipeline service, written against Paddle Serving's Op/WebService API.
+
+    python pipelines/web_service.py [--config config.yml] [--http_port N] [--rpc_port N] [--model_config DIR]
+"""
+
+import argparse
+import base64
+import binascii
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from serving.errors import ConfigError, InputError, ServingError
+from serving.model_card import load_card
+from serving.pipeline import Op, WebService
+
+log = logging.getLogger("pipelines.imagenet")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ImagenetOp(Op):
+    """Decode and preprocess every image of a request as one batch; answer PaddleClas's label/prob."""
+
+    def init_op(self) -> None:
+        """Read the model card: transforms, labels, weights provenance."""
+        self.card = load_card(self.model_config)
+        if self.card.random_weights:
+            log.warning("model %s has RANDOM weights (seed %s): its predictions are meaningless",
+                        self.card.model, self.card.weights.get("seed"))
+
+    def preprocess(self, input_dicts: dict, data_id: int = 0, log_id: int = 0) -> tuple:
+        """Every `image*` value (base64 of the file bytes) -> one float32 NCHW batch."""
+        ((_, input_dict),) = input_dicts.items()
+        keys = [key for key in input_dict if key.startswith("image")]
+        if not keys:
+            raise InputError(f"request has no image: send key 'image' (or image_0, image_1, ...); got keys "
+                             f"{sorted(input_dict)}")
+        batch = [self.card.transforms(_b64decode(key, input_dict[key]), self.limits.max_image_pixels) for key in keys]
+        return {"x": np.stack(batch)}, False, None, ""
+
+    def postprocess(self, input_dicts: dict, fetch_dict: dict, data_id: int = 0, log_id: int = 0) -> tuple:
+        """PaddleClas's response: str() of the per-image top-1 labels and probabilities (plus top-k if set)."""
+        probabilities = fetch_dict["prediction"]
+        labels = [self.card.labels[int(row.argmax())].replace(",", "") for row in probabilities]
+        result = {"label": str(labels), "prob": str([float(row.max()) for row in probabilities])}
+        if self.config.topk > 1:
+            top = [np.argsort(row)[::-1][: self.config.topk] for row in probabilities]
+            result["topk_label"] = str([[self.card.labels[i].replace(",", "") for i in idx] for idx in top])
+            result["topk_prob"] = str([[round(float(row[i]), 5) for i in idx] for row, idx in zip(probabilities, top,
+                                                                                                   strict=True)])
+        return result, None, ""
+
+
+def _b64decode(key: str, value: object) -> bytes:
+    """Strict base64 (the classic clients send base64 text of the file bytes)."""
+    if not isinstance(value, str) or not value:
+        raise InputError(f"value of {key!r} is empty; send the base64 of the image file")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"value of {key!r} is not valid base64 ({len(value)} characters)") from None
+
+
+class ImageService(WebService):
+    """One op on top of the request: read -> imagenet."""
+
+    def get_pipeline_response(self, read_op: Op) -> Op:
+        """The classification op, named `imagenet` as in config.yml."""
+        return ImagenetOp(name="imagenet", input_ops=[read_op])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The overrides a deployment most often needs, without editing config.yml."""
+    parser = argparse.ArgumentParser(description="Image classification pipeline service (Paddle Serving API).")
+    parser.add_argument("--config", default=str(ROOT / "config.yml"), help="config.yml path")
+    parser.add_argument("--http_port", type=int, help="override http_port")
+    parser.add_argument("--rpc_port", type=int, help="override rpc_port")
+    parser.add_argument("--model_config", help="override op.imagenet.local_service_conf.model_config")
+    parser.add_argument("--name", default="imagenet", help="service name: the REST path is /{name}/prediction")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load config, start, serve until Ctrl-C; config errors are one line and exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    model_config = str(Path(args.model_config).resolve()) if args.model_config else None
+    service = ImageService(name=args.name)
+    try:
+        service.prepare_pipeline_config(args.config, overrides={
+            "http_port": args.http_port, "rpc_port": args.rpc_port, "model_config": model_config})
+        service.run_service()
+    except (ConfigError, ServingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The exporter's model card and label file, as the serving side reads them."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from serving.errors import InitError
+from serving.preprocess import Transforms
+
+CARD_FILE = "model_card.yaml"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a classification op needs: the model's transforms and class names."""
+
+    model: str
+    transforms: Transforms
+    labels: list[str]
+    weights: dict
+
+    @property
+    def random_weights(self) -> bool:
+        """True for `--random-init` exports, whose predictions mean nothing."""
+        return self.weights.get("source") == "random-init"
+
+
+def label_name(line: str) -> str:
+    """PaddleClas's label lines are '<id> <name>'; plain names are accepted too."""
+    head, _, rest = line.strip().partition(" ")
+    return rest if head.isdigit() and rest else line.strip()
+
+
+def load_card(server_dir: str | Path) -> ModelCard:
+    """Read `model_card.yaml` and its label file from beside the `serving_server` folder."""
+    root = Path(server_dir).parent
+    try:
+        card = yaml.safe_load((root / CARD_FILE).read_text(encoding="utf-8"))
+        labels_text = (root / card["labels"]).read_text(encoding="utf-8")
+        transforms = Transforms.from_card(card["preprocessing"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
+        raise InitError(f"cannot read the model card in {root} ({exc}); "
+                        "re-export the model with python -m export") from None
+    labels = [label_name(line) for line in labels_text.splitlines() if line.strip()]
+    return ModelCard(model=card.get("model", "?"), transforms=transforms, labels=labels,
+                     weights=card.get("weights") or {})

@@ -1,0 +1,126 @@
+"""The op graph: built from the last op back to the request, run level by level with per-op pools."""
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from serving.config import OpConfig, ServiceConfig
+from serving.dataplane import PipelineRequest
+from serving.errors import (
+    ConfigError,
+    DeadlineExceededError,
+    InputError,
+    ProductError,
+    ServingError,
+    TypeCheckError,
+)
+from serving.pipeline.op import Op, RequestOp, ResponseOp
+
+log = logging.getLogger("serving.pipeline")
+
+# Errors that another attempt cannot fix: the request itself is wrong.
+_NOT_RETRIED = (InputError, ProductError, TypeCheckError)
+
+
+def _collect(last_ops: list[Op]) -> tuple[RequestOp, list[list[Op]]]:
+    """Find every op behind `last_ops` and group them into levels (an op runs after all its inputs)."""
+    depth: dict[int, int] = {}
+    ops: dict[int, Op] = {}
+
+    def visit(op: Op, path: tuple[int, ...]) -> int:
+        if id(op) in path:
+            raise ConfigError(f"the op graph has a cycle through op {op.name!r}")
+        if id(op) not in depth:
+            inputs = [visit(parent, (*path, id(op))) for parent in op.input_ops]
+            if not inputs and not isinstance(op, RequestOp):
+                raise ConfigError(f"op {op.name!r} has no input_ops; give it input_ops=[read_op]")
+            depth[id(op)], ops[id(op)] = (max(inputs) + 1 if inputs else 0), op
+        return depth[id(op)]
+
+    for op in last_ops:
+        visit(op, ())
+    roots = [op for op in ops.values() if isinstance(op, RequestOp)]
+    names = [op.name for op in ops.values()]
+    duplicate = next((name for name in names if names.count(name) > 1), None)
+    if duplicate is not None:
+        raise ConfigError(f"two ops are named {duplicate!r}; op names must be unique (they key config.yml op.*)")
+    levels = [[op for op in ops.values() if depth[id(op)] == level and not isinstance(op, RequestOp)]
+              for level in range(1, max(depth.values()) + 1)]
+    return roots[0], levels
+
+
+class Dag:
+    """Runs one request through the ops; each op has its own thread pool, timeout and retry."""
+
+    def __init__(self, last_op: Op | list[Op], config: ServiceConfig) -> None:
+        last_ops = last_op if isinstance(last_op, list) else [last_op]
+        self.request_op, self.levels = _collect(last_ops)
+        self.response_op = ResponseOp(last_ops)
+        self.config = config
+        self._ids = itertools.count()
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+
+    @property
+    def ops(self) -> list[Op]:
+        """The user's ops, in execution order."""
+        return [op for level in self.levels for op in level]
+
+    def start(self, build_predictor: Callable[[Op, Any], Any]) -> None:
+        """Configure each op from config.yml, create predictors, run init_op, start the pools."""
+        for op in self.ops:
+            op.configure(self.config.op.get(op.name, OpConfig()), self.config.limits)
+            op.start(build_predictor)
+            self._pools[op.name] = ThreadPoolExecutor(op.config.concurrency, thread_name_prefix=f"op-{op.name}")
+
+    def stop(self) -> None:
+        """Let running ops finish; accept no more."""
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def run(self, request: PipelineRequest) -> dict[str, str]:
+        """The last op's result for `request`, within the request deadline."""
+        deadline = time.monotonic() + self.config.limits.request_timeout_ms / 1000
+        data_id = next(self._ids)
+        outputs: dict[str, dict] = {self.request_op.name: _request_dict(request)}
+        for level in self.levels:
+            started = {op: self._submit(op, outputs, data_id, request.logid) for op in level}
+            for op, future in started.items():
+                outputs[op.name] = self._result(op, future, outputs, data_id, request.logid, deadline)
+        final = {op.name: outputs[op.name] for op in self.response_op.input_ops}
+        return self.response_op.postprocess(final, {})[0]
+
+    def _submit(self, op: Op, outputs: dict[str, dict], data_id: int, log_id: int) -> Future:
+        inputs = {parent.name: outputs[parent.name] for parent in op.input_ops}
+        return self._pools[op.name].submit(op.run, inputs, data_id, log_id)
+
+    def _result(self, op: Op, future: Future, outputs: dict, data_id: int, log_id: int, deadline: float) -> dict:
+        """Wait within the op's timeout and the request deadline; retry what another attempt may fix."""
+        for attempt in range(1, op.config.retry + 1):
+            budget = deadline - time.monotonic()
+            if op.config.timeout > 0:
+                budget = min(budget, op.config.timeout / 1000)
+            try:
+                return future.result(timeout=max(budget, 0.0))
+            except FutureTimeout:
+                error: ServingError = DeadlineExceededError(
+                    f"op {op.name} timed out after {max(budget, 0.0) * 1000:.0f} ms (attempt {attempt})")
+            except _NOT_RETRIED:
+                raise
+            except Exception as exc:
+                error = exc if isinstance(exc, ServingError) else ServingError(f"op {op.name}: {exc}")
+                log.warning("logid %s: op %s attempt %d failed: %s", log_id, op.name, attempt, exc)
+            if attempt < op.config.retry and deadline > time.monotonic():
+                future = self._submit(op, outputs, data_id, log_id)
+        raise error
+
+
+def _request_dict(request: PipelineRequest) -> dict:
+    """Paddle Serving's RequestOp: key -> value, plus decoded tensors by name."""
+    if len(request.keys) != len(request.values):
+        raise InputError(f"request has {len(request.keys)} keys but {len(request.values)} values; "
+                         "key and value must be lists of the same length")
+    return {**dict(zip(request.keys, request.values, strict=True)), **request.tensors}

@@ -1,0 +1,138 @@
+"""Paddle Serving's Op API: the hooks a web_service.py overrides, and the framework's calls around them."""
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from serving.config import LimitsConfig, OpConfig
+from serving.errors import InitError, ProductError, ServingError, TypeCheckError
+from serving.model_config import SERVER_CONF, read_config
+
+log = logging.getLogger("serving.pipeline")
+
+# Op constructor arguments that mirror config.yml `op.<name>` keys; None means "take config.yml's value".
+_CONFIG_ARGS = ("concurrency", "timeout", "retry", "batch_size", "auto_batching_timeout", "server_endpoints",
+                "fetch_list", "client_config")
+
+
+class Op:
+    """A pipeline stage: preprocess -> process (the model) -> postprocess, named like its config.yml entry."""
+
+    def __init__(self, name: str | None = None, input_ops: list["Op"] | None = None, **config_args: Any) -> None:
+        unknown = set(config_args) - set(_CONFIG_ARGS) - {"client_type", "local_service_handler", "jump_to_ops",
+                                                          "output_ops"}
+        if unknown:
+            raise TypeError(f"Op() got unexpected arguments {sorted(unknown)}")
+        self.name = name or type(self).__name__
+        self.input_ops = list(input_ops or [])
+        self._overrides = {key: value for key, value in config_args.items() if key in _CONFIG_ARGS and value}
+        self.config = OpConfig()
+        self.limits = LimitsConfig()
+        self.model_config: str | None = None
+        self.dynamic_shape_info: dict = {}
+        self.predictor: Any = None
+
+    # ---- hooks a user overrides -------------------------------------------------------------------------------
+    def init_op(self) -> None:
+        """Load labels, build transforms: runs once, before the first request."""
+
+    def set_dynamic_shape_info(self) -> None:
+        """Set `self.dynamic_shape_info` (min/max/opt_input_shape) for TensorRT, if the defaults do not fit."""
+
+    def preprocess(self, input_dicts: dict[str, dict], data_id: int = 0, log_id: int = 0) -> tuple:
+        """Default: pass the single input op's dict on. Returns (dict, is_skip_process, prod_errcode, prod_errinfo)."""
+        ((_, input_dict),) = input_dicts.items()
+        return input_dict, False, None, ""
+
+    def process(self, feed_batch: list[dict[str, np.ndarray]], typical_logid: int = 0) -> tuple:
+        """Run the model on the merged feed; returns (fetch_dict, err_code, err_info)."""
+        fetch = self.config.fetch_list or (self.config.local_service_conf.fetch_list
+                                           if self.config.local_service_conf else None)
+        return self.predictor.predict(feed_batch[0], fetch), None, ""
+
+    def postprocess(self, input_dicts: dict[str, dict], fetch_dict: dict, data_id: int = 0, log_id: int = 0) -> tuple:
+        """Default: the fetch dict as the result. Returns (result_dict, prod_errcode, prod_errinfo)."""
+        return fetch_dict, None, ""
+
+    # ---- framework side ---------------------------------------------------------------------------------------
+    def configure(self, config: OpConfig, limits: LimitsConfig) -> None:
+        """Take config.yml's settings; constructor arguments win, as in Paddle Serving."""
+        for key, value in self._overrides.items():
+            setattr(config, key, value)
+        self.config = config
+        self.limits = limits
+        conf = config.local_service_conf
+        self.model_config = conf.model_config if conf is not None else None
+
+    def start(self, build_predictor: Any) -> None:
+        """Create the predictor (if this op has a model) and run the user's init_op."""
+        self.set_dynamic_shape_info()
+        if self.config.local_service_conf is not None:
+            try:
+                model = read_config(f"{self.model_config}/{SERVER_CONF}")
+                self.predictor = build_predictor(self, model)
+            except ServingError:
+                raise
+            except Exception as exc:
+                raise InitError(f"op {self.name}: cannot create the predictor: {exc}") from exc
+        self.init_op()
+
+    @property
+    def has_model(self) -> bool:
+        """Ops without a model (no local_service_conf) skip process(), as in Paddle Serving."""
+        return self.predictor is not None
+
+    def run(self, input_dicts: dict[str, dict], data_id: int, log_id: int) -> dict:
+        """preprocess -> process -> postprocess for one request, turning product error codes into errors."""
+        feed, skip, code, info = _unpack(self.preprocess(input_dicts, data_id, log_id), 4, self.name, "preprocess")
+        _raise_product_error(self.name, "preprocess", code, info)
+        fetch = feed
+        if not skip and self.has_model:
+            fetch, code, info = _unpack(self.process([feed], log_id), 3, self.name, "process")
+            _raise_product_error(self.name, "process", code, info)
+        result, code, info = _unpack(self.postprocess(input_dicts, fetch, data_id, log_id), 3, self.name,
+                                     "postprocess")
+        _raise_product_error(self.name, "postprocess", code, info)
+        if not isinstance(result, dict):
+            raise TypeCheckError(f"op {self.name}: postprocess must return a dict, got {type(result).__name__}")
+        return result
+
+
+def _unpack(returned: Any, size: int, op: str, hook: str) -> tuple:
+    """Accept the full tuple or, like older Paddle Serving versions, the bare dict."""
+    if isinstance(returned, dict):
+        return (returned, *((False,) if size == 4 else ()), None, "")
+    if not isinstance(returned, tuple) or len(returned) != size:
+        raise TypeCheckError(f"op {op}: {hook} must return a {size}-tuple, got {type(returned).__name__}")
+    return returned
+
+
+def _raise_product_error(op: str, hook: str, code: int | None, info: str) -> None:
+    if code is not None and code != 0:
+        raise ProductError(info or f"op {op}: {hook} failed with product error {code}", code=int(code))
+
+
+class RequestOp(Op):
+    """The DAG's entry: the request's key/value pairs (and tensors) as the first op's input dict."""
+
+    def __init__(self) -> None:
+        super().__init__(name="@DAGExecutor")
+
+
+class ResponseOp(Op):
+    """The DAG's exit: checks the last op's result is str -> str, as Paddle Serving's response requires."""
+
+    def __init__(self, input_ops: list[Op]) -> None:
+        super().__init__(name="@ResponseOp", input_ops=input_ops)
+
+    def postprocess(self, input_dicts: dict[str, dict], fetch_dict: dict, data_id: int = 0, log_id: int = 0) -> tuple:
+        """Merge the final ops' results; every value must be a str."""
+        merged: dict[str, str] = {}
+        for op_name, result in input_dicts.items():
+            for key, value in result.items():
+                if not isinstance(value, str):
+                    raise TypeCheckError(f"op {op_name}: result value of {key!r} must be str, got "
+                                         f"{type(value).__name__}; return str(value)")
+                merged[key] = value
+        return merged, None, ""

@@ -1,0 +1,101 @@
+"""Paddle Serving's WebService: build the DAG from `get_pipeline_response`, serve it over HTTP and gRPC."""
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serving.config import ServiceConfig, apply_overrides, load_config, parse_config
+from serving.dataplane import DataPlane
+from serving.errors import ConfigError
+from serving.pipeline.dag import Dag
+from serving.pipeline.op import Op, RequestOp
+from serving.protocols.grpc_server import start_grpc_server
+from serving.protocols.http_server import start_http_server
+
+log = logging.getLogger("serving.pipeline")
+
+
+def build_local_predictor(op: Op, model_config: Any) -> Any:
+    """The in-process Paddle Inference predictor for an op's local_service_conf."""
+    from serving.predictor import LocalPredictor, settings_from_conf
+
+    conf = op.config.local_service_conf
+    if conf.client_type != "local_predictor":
+        raise ConfigError(f"config op.{op.name}.local_service_conf.client_type = {conf.client_type!r}: remote "
+                          "model services are not supported yet; use local_predictor")
+    settings = settings_from_conf(conf, model_config, op.dynamic_shape_info or None,
+                                  path=f"op.{op.name}.local_service_conf")
+    return LocalPredictor(settings, model_config, pool_size=op.config.concurrency)
+
+
+class WebService:
+    """Subclass it, return your last op from `get_pipeline_response`, then prepare config and run."""
+
+    def __init__(self, name: str = "default") -> None:
+        self.name = name
+        self.config: ServiceConfig | None = None
+        self.dag: Dag | None = None
+        self.http_port: int | None = None
+        self.rpc_port: int | None = None
+        self._servers: list[Any] = []
+        self._stopped = threading.Event()
+
+    def get_pipeline_response(self, read_op: Op) -> Op | list[Op]:
+        """Build the ops on top of `read_op` and return the last one."""
+        raise NotImplementedError("override get_pipeline_response(self, read_op) to return your last op")
+
+    def prepare_pipeline_config(self, yml_file: str | None = None, yml_dict: dict | None = None,
+                                overrides: dict[str, object] | None = None) -> ServiceConfig:
+        """Load and validate config.yml (or a dict); overrides: http_port, rpc_port, model_config."""
+        if yml_file is not None:
+            self.config = load_config(Path(yml_file), overrides)
+        else:
+            data = yaml.safe_load(yaml.safe_dump(yml_dict or {}))
+            self.config = parse_config(apply_overrides(data, overrides or {}), Path.cwd())
+        return self.config
+
+    def start(self) -> "WebService":
+        """Build the DAG, start predictors and both front ends; returns at once (ports are then known)."""
+        if self.config is None:
+            raise ConfigError("call prepare_pipeline_config(...) before run_service()")
+        self.dag = Dag(self.get_pipeline_response(RequestOp()), self.config)
+        unknown = sorted(set(self.config.op) - {op.name for op in self.dag.ops})
+        if unknown:
+            log.warning("config.yml op entries %s match no op in the pipeline", unknown)
+        self.dag.start(build_local_predictor)
+        dataplane = DataPlane(self.name, self.dag.run)
+        limits = self.config.limits
+        if self.config.http_port is not None:
+            server, self.http_port = start_http_server(dataplane, self.config.http_port, limits.max_body_bytes)
+            self._servers.append(server)
+        if self.config.rpc_port is not None:
+            server, self.rpc_port = start_grpc_server(dataplane, self.config.rpc_port, self.config.worker_num,
+                                                      limits.max_body_bytes)
+            self._servers.append(server)
+        log.info("service %r ready: http_port %s, rpc_port %s", self.name, self.http_port, self.rpc_port)
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish, release the predictors."""
+        for server in self._servers:
+            if hasattr(server, "shutdown"):
+                server.shutdown()
+                server.server_close()
+            else:
+                server.stop(grace=5).wait()
+        self._servers.clear()
+        if self.dag is not None:
+            self.dag.stop()
+        self._stopped.set()
+
+    def run_service(self) -> None:
+        """Start, then serve until SIGINT or SIGTERM."""
+        self.start()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: self._stopped.set())
+        self._stopped.wait()
+        self.stop()

@@ -1,0 +1,1 @@
+"""Thin protocol front ends around the data plane: RESTful HTTP and gRPC."""
