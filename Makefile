@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test lint proto clean
+.PHONY: venv test lint proto serve clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# Exports the default model once (WEIGHTS=file.pdparams, else PaddleClas's download, else random), then serves.
+MODEL ?= SqueezeNet1_1
+WEIGHTS ?=
+serve: $(STAMP)
+	$(PY) -m export.default_model --model $(MODEL) --out models/$(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(PY) pipelines/web_service.py --model_config models/$(MODEL)/serving_server
 
 # Regenerates serving/proto/*_pb2.py from the .proto files (committed; never edit them by hand).
 PROTOS := $(wildcard serving/proto/*.proto)

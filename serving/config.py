@@ -215,7 +215,7 @@ def _build(cls: type, data: object, path: str) -> object:
 
 
 def parse_config(data: object, base_dir: Path) -> ServiceConfig:
-    """Build and validate a ServiceConfig; relative model folders are resolved against `base_dir`."""
+    """Build and validate a ServiceConfig; relative model and cache folders are resolved against `base_dir`."""
     config = _build(ServiceConfig, {} if data is None else data, "")
     for name, op in config.op.items():
         conf = op.local_service_conf
@@ -226,6 +226,8 @@ def parse_config(data: object, base_dir: Path) -> ServiceConfig:
         _require((folder / SERVER_CONF).is_file(), f"op.{name}.local_service_conf.model_config", conf.model_config,
                  f"the folder must exist and hold {SERVER_CONF} (looked in {folder}); export one with python -m export")
         conf.model_config = str(folder.resolve())
+        if conf.trt_cache_dir and not Path(conf.trt_cache_dir).is_absolute():
+            conf.trt_cache_dir = str((base_dir / conf.trt_cache_dir).resolve())
     return config
 
 

@@ -46,6 +46,12 @@ def test_relative_model_folder_resolves_against_the_config_file(tmp_path: Path, 
     assert config.op["imagenet"].local_service_conf.model_config == str(model_dir.resolve())
 
 
+def test_relative_trt_cache_dir_resolves_against_the_config_file(tmp_path: Path, model_dir: Path) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(op_with(model_dir, trt_cache_dir="cache/trt")))
+    assert load_config(path).op["imagenet"].local_service_conf.trt_cache_dir == str((tmp_path / "cache/trt").resolve())
+
+
 def test_command_line_overrides(tmp_path: Path, model_dir: Path) -> None:
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump(op_with(tmp_path / "missing")))

@@ -38,7 +38,8 @@ class Join(Op):
 class Misbehaving(Op):
     """Behaviour chosen by the request's `mode` value."""
 
-    failed_once: set[int] = set()
+    def init_op(self) -> None:
+        self.failed_once: set[int] = set()
 
     def preprocess(self, input_dicts, data_id=0, log_id=0):
         ((_, data),) = input_dicts.items()

@@ -1,0 +1,1 @@
+"""Runnable services built on the serving runtime."""

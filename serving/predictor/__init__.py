@@ -1,0 +1,14 @@
+"""The local predictor: a local_service_conf run on Paddle Inference inside the serving process."""
+
+from serving.predictor.settings import PredictorSettings, settings_from_conf
+
+__all__ = ["LocalPredictor", "PredictorSettings", "apply_settings", "settings_from_conf"]
+
+
+def __getattr__(name: str) -> object:
+    """Load Paddle only when the predictor itself is used, so settings stay cheap to import and check."""
+    if name in ("LocalPredictor", "apply_settings"):
+        from serving.predictor import paddle_predictor
+
+        return getattr(paddle_predictor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,288 @@
+"""End to end: the classification service on ephemeral ports, real bytes over HTTP and gRPC, real predictor."""
+
+import ast
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+import yaml
+
+from clients import PipelineClient
+from export import inference_io
+from export.exporter import ExportRequest, export
+from pipelines.web_service import ImageService
+from serving.model_card import load_card
+from serving.proto import pipeline_service_pb2 as pb
+from serving.proto import pipeline_service_pb2_grpc as pb_grpc
+from tests.conftest import IMAGES, photo_bytes
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("served") / "SqueezeNet1_1"
+    export(ExportRequest(model="SqueezeNet1_1", out=out, random_init=0))
+    return out / "serving_server"
+
+
+def service_config(model_dir: Path, **op: object) -> dict:
+    return {"http_port": 0, "rpc_port": 0, "worker_num": 4, "limits": {"max_image_pixels": 1_000_000},
+            "op": {"imagenet": {"concurrency": 2, **op, "local_service_conf": {
+                "model_config": str(model_dir), "use_mkldnn": True, "ir_optim": True}}}}
+
+
+@pytest.fixture(scope="module")
+def service(model_dir: Path) -> Iterator[ImageService]:
+    svc = ImageService(name="imagenet")
+    svc.prepare_pipeline_config(yml_dict=service_config(model_dir, topk=3))
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def post(port: int, body: dict) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/imagenet/prediction", data=json.dumps(body).encode(),
+                                     method="POST")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def expected(model_dir: Path, images: list[bytes]) -> tuple[list[str], np.ndarray]:
+    """What the exported model gives in process for the same preprocessed input."""
+    card = load_card(model_dir)
+    batch = np.stack([card.transforms(data) for data in images])
+    probs = inference_io.run(inference_io.create_predictor(model_dir), batch)[0]
+    return [card.labels[i].replace(",", "") for i in probs.argmax(axis=1)], probs.max(axis=1)
+
+
+def parsed(keys: list[str], values: list[str]) -> dict:
+    return {key: ast.literal_eval(value) for key, value in zip(keys, values, strict=True)}
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_http_matches_in_process_prediction(service: ImageService, model_dir: Path, count: int) -> None:
+    images = photo_bytes()[:count]
+    keys = ["image"] if count == 1 else [f"image_{i}" for i in range(count)]
+    answer = post(service.http_port, {"key": keys, "value": [b64(d) for d in images], "logid": 7})
+    assert answer["err_no"] == 0, answer
+    result = parsed(answer["key"], answer["value"])
+    labels, probs = expected(model_dir, images)
+    assert result["label"] == labels
+    np.testing.assert_allclose(result["prob"], probs, atol=1e-5)
+    assert len(result["topk_label"]) == count and len(result["topk_label"][0]) == 3
+    assert result["topk_label"][0][0] == labels[0]
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_grpc_client_and_raw_stub_match(service: ImageService, model_dir: Path, count: int) -> None:
+    images = photo_bytes()[:count]
+    keys = ["image"] if count == 1 else [f"image_{i}" for i in range(count)]
+    labels, probs = expected(model_dir, images)
+    client = PipelineClient()
+    client.connect([f"127.0.0.1:{service.rpc_port}"])
+    answer = client.predict(feed_dict=dict(zip(keys, [b64(d) for d in images], strict=True)),
+                            fetch=["label", "prob"], log_id=99)
+    client.close()
+    assert answer.err_no == 0 and list(answer.key) == ["label", "prob"]
+    result = parsed(list(answer.key), list(answer.value))
+    assert result["label"] == labels
+    np.testing.assert_allclose(result["prob"], probs, atol=1e-5)
+    with grpc.insecure_channel(f"127.0.0.1:{service.rpc_port}") as channel:
+        raw = pb_grpc.PipelineServiceStub(channel).inference(
+            pb.Request(key=keys, value=[b64(d) for d in images], logid=5, name="imagenet", method="prediction"))
+    assert raw.err_no == 0 and parsed(list(raw.key), list(raw.value))["label"] == labels
+
+
+def png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+BAD_INPUTS = [
+    ({"key": ["image", "image_1"], "value": ["x"]}, "request has 2 keys but 1 values"),
+    ({"key": ["picture"], "value": ["x"]}, "request has no image: send key 'image'"),
+    ({"key": ["image"], "value": ["***not base64***"]}, "value of 'image' is not valid base64"),
+    ({"key": ["image"], "value": [b64(b"plain text, not an image")]}, "not a decodable image"),
+    ({"key": ["image"], "value": [b64(photo_bytes()[0][:5000])]}, "JPEG is truncated"),
+    ({"key": ["image"], "value": [""]}, "value of 'image' is empty"),
+    ({"key": ["image"], "value": [b64(png(np.zeros((1001, 1000, 3), np.uint8)))]},
+     "1000x1001 = 1001000 pixels, above the limit of 1000000"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), BAD_INPUTS)
+def test_bad_input_then_good(service: ImageService, body: dict, message: str) -> None:
+    answer = post(service.http_port, body)
+    assert answer["err_no"] == 5000 and message in answer["err_msg"], answer
+    good = post(service.http_port, {"key": ["image"], "value": [b64(photo_bytes()[1])]})
+    assert good["err_no"] == 0
+
+
+def test_bad_input_over_grpc_then_good(service: ImageService) -> None:
+    client = PipelineClient()
+    client.connect([f"127.0.0.1:{service.rpc_port}"])
+    assert client.predict({"image": "%%%"}).err_no == 5000
+    assert client.predict({"image": b64(photo_bytes()[0])}, fetch=["label"]).err_no == 0
+    client.close()
+
+
+@pytest.mark.parametrize("image", [np.full((300, 400), 90, np.uint8), np.full((300, 400, 4), 200, np.uint8),
+                                   np.full((300, 400, 3), 50000, np.uint16)])
+def test_gray_rgba_and_16_bit_images_are_served(service: ImageService, image: np.ndarray) -> None:
+    assert post(service.http_port, {"key": ["image"], "value": [b64(png(image))]})["err_no"] == 0
+
+
+def test_body_limit_and_unknown_service(model_dir: Path) -> None:
+    config = service_config(model_dir)
+    config["limits"]["max_body_bytes"] = 2000
+    svc = ImageService(name="imagenet")
+    svc.prepare_pipeline_config(yml_dict=config)
+    svc.start()
+    try:
+        answer = post(svc.http_port, {"key": ["image"], "value": [b64(photo_bytes()[0])]})
+        assert answer["err_no"] == 5000 and "exceeds limits.max_body_bytes (2000)" in answer["err_msg"]
+        request = urllib.request.Request(f"http://127.0.0.1:{svc.http_port}/resnet/prediction", data=b"{}",
+                                         method="POST")
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            wrong = json.loads(reply.read())
+        assert wrong["err_no"] == 3002 and "POST /imagenet/prediction" in wrong["err_msg"]
+        small = png(np.full((64, 64, 3), 128, np.uint8))
+        assert post(svc.http_port, {"key": ["image"], "value": [b64(small)]})["err_no"] == 0
+    finally:
+        svc.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(port: int, process: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"port {port} did not open")
+
+
+PADDLE_SERVING_STYLE = '''
+from serving.pipeline import WebService, Op   # was: from paddle_serving_server.web_service import WebService, Op
+import logging
+import numpy as np
+import sys
+import cv2
+import base64
+
+
+class ImagenetOp(Op):
+    def init_op(self):
+        self.label_dict = {}
+        label_idx = 0
+        with open("imagenet.label") as fin:
+            for line in fin:
+                self.label_dict[label_idx] = line.strip()
+                label_idx += 1
+
+    def preprocess(self, input_dicts, data_id, log_id):
+        (_, input_dict), = input_dicts.items()
+        batch_size = len(input_dict.keys())
+        imgs = []
+        for key in input_dict.keys():
+            data = base64.b64decode(input_dict[key].encode('utf8'))
+            data = np.frombuffer(data, np.uint8)
+            im = cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1]
+            h, w = im.shape[:2]
+            percent = 256.0 / min(w, h)
+            im = cv2.resize(im, (int(round(w * percent)), int(round(h * percent))))
+            h, w = im.shape[:2]
+            im = im[(h - 224) // 2:(h - 224) // 2 + 224, (w - 224) // 2:(w - 224) // 2 + 224]
+            im = (im.astype("float32") / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+            imgs.append(im.transpose((2, 0, 1)).astype("float32")[np.newaxis, :].copy())
+        input_imgs = np.concatenate(imgs, axis=0)
+        return {"inputs": input_imgs}, False, None, ""
+
+    def postprocess(self, input_dicts, fetch_dict, data_id, log_id):
+        score_list = fetch_dict["prediction"]
+        result = {"label": [], "prob": []}
+        for score in score_list:
+            score = score.tolist()
+            max_score = max(score)
+            result["label"].append(self.label_dict[score.index(max_score)].strip().replace(",", ""))
+            result["prob"].append(max_score)
+        result["label"] = str(result["label"])
+        result["prob"] = str(result["prob"])
+        return result, None, ""
+
+
+class ImageService(WebService):
+    def get_pipeline_response(self, read_op):
+        image_op = ImagenetOp(name="imagenet", input_ops=[read_op])
+        return image_op
+
+
+uci_service = ImageService(name="imagenet")
+uci_service.prepare_pipeline_config("config.yml")
+uci_service.run_service()
+'''
+
+
+def test_a_paddle_serving_web_service_runs_with_only_its_imports_changed(tmp_path: Path, model_dir: Path) -> None:
+    http_port, rpc_port = free_port(), free_port()
+    config = {"worker_num": 1, "http_port": http_port, "rpc_port": rpc_port, "dag": {"is_thread_op": False},
+              "op": {"imagenet": {"concurrency": 1, "local_service_conf": {
+                  "model_config": str(model_dir), "devices": "", "client_type": "local_predictor",
+                  "fetch_list": ["prediction"]}}}}
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(config))
+    names = [line.split(" ", 1)[1] for line in (model_dir.parent / "labels.txt").read_text().splitlines()]
+    (tmp_path / "imagenet.label").write_text("\n".join(names) + "\n")
+    (tmp_path / "web_service.py").write_text(PADDLE_SERVING_STYLE)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    process = subprocess.Popen([sys.executable, "web_service.py"], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        wait_for(http_port, process)
+        answer = post(http_port, {"key": ["image"], "value": [b64(photo_bytes()[0])]})
+        labels, probs = expected(model_dir, photo_bytes()[:1])
+        result = parsed(answer["key"], answer["value"])
+        assert answer["err_no"] == 0 and result["label"] == labels
+        np.testing.assert_allclose(result["prob"], probs, atol=1e-4)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert process.returncode == 0
+
+
+def test_client_command_lines(service: ImageService) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    daisy = str(IMAGES / "daisy.jpg")
+    http = subprocess.run([sys.executable, "clients/http_client.py", daisy, daisy, "--url",
+                           f"http://127.0.0.1:{service.http_port}/imagenet/prediction"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert http.returncode == 0, http.stderr
+    assert http.stdout.startswith("label: [") and "prob: [" in http.stdout
+    rpc = subprocess.run([sys.executable, "clients/grpc_client.py", daisy, "--endpoint",
+                          f"127.0.0.1:{service.rpc_port}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert rpc.returncode == 0, rpc.stderr
+    http_labels = ast.literal_eval(http.stdout.splitlines()[0].removeprefix("label: "))
+    rpc_labels = ast.literal_eval(rpc.stdout.splitlines()[0].removeprefix("label: "))
+    assert len(http_labels) == 2 and rpc_labels == http_labels[:1]
