@@ -8,6 +8,7 @@ import base64
 import binascii
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,11 @@ class ImageService(WebService):
         return ImagenetOp(name="imagenet", input_ops=[read_op])
 
 
+def _quiet_paddle_import() -> None:
+    """Paddle warns about a missing ccache (a compiler cache for C++ extensions) at import: irrelevant here."""
+    warnings.filterwarnings("ignore", message="No ccache found")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The overrides a deployment most often needs, without editing config.yml."""
     parser = argparse.ArgumentParser(description="Image classification pipeline service (Paddle Serving API).")
@@ -85,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Load config, start, serve until Ctrl-C; config errors are one line and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_paddle_import()
     args = parse_args(argv)
     model_config = str(Path(args.model_config).resolve()) if args.model_config else None
     service = ImageService(name=args.name)

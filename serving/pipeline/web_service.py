@@ -32,6 +32,20 @@ def build_local_predictor(op: Op, model_config: Any) -> Any:
     return LocalPredictor(settings, model_config, pool_size=op.config.concurrency)
 
 
+def _warn_inert_settings(config: ServiceConfig, dag: Dag) -> None:
+    """Accepted Paddle Serving keys that change nothing here are named at start, not silently dropped."""
+    unknown = sorted(set(config.op) - {op.name for op in dag.ops})
+    if unknown:
+        log.warning("config.yml op entries %s match no op in the pipeline", unknown)
+    if config.build_dag_each_worker or not config.dag.is_thread_op:
+        log.info("ops run as threads in this process (build_dag_each_worker / is_thread_op: false are accepted "
+                 "for compatibility; concurrency sets each op's threads)")
+    batching = [op.name for op in dag.ops if op.config.batch_size > 1]
+    if batching:
+        log.warning("ops %s: batch_size > 1 (merging requests) is not implemented yet; each request runs as its "
+                    "own batch", batching)
+
+
 class WebService:
     """Subclass it, return your last op from `get_pipeline_response`, then prepare config and run."""
 
@@ -63,9 +77,7 @@ class WebService:
         if self.config is None:
             raise ConfigError("call prepare_pipeline_config(...) before run_service()")
         self.dag = Dag(self.get_pipeline_response(RequestOp()), self.config)
-        unknown = sorted(set(self.config.op) - {op.name for op in self.dag.ops})
-        if unknown:
-            log.warning("config.yml op entries %s match no op in the pipeline", unknown)
+        _warn_inert_settings(self.config, self.dag)
         self.dag.start(build_local_predictor)
         dataplane = DataPlane(self.name, self.dag.run)
         limits = self.config.limits
