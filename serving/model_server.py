@@ -1,0 +1,130 @@
+"""The tensor-level model server, flags named like Paddle Serving's `paddle_serving_server.serve`.
+
+    python -m serving.model_server --model DIR/serving_server --port 9292 [--thread 4] [--gpu_ids 0]
+        [--use_trt --precision fp16] [--mem_optim | --mem_optim_off] [--ir_optim] [--use_mkldnn] [--grpc_port 9393]
+
+One port answers baidu_std (brpc) `GeneralModelService.inference`/`.debug` and HTTP
+`POST /GeneralModelService/inference`; gRPC for the same service is on `--grpc_port`, because
+Python's gRPC server cannot share a socket with another protocol.
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+import warnings
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from serving.config import LocalServiceConf
+from serving.errors import ConfigError, ServingError
+from serving.model_card import load_card
+from serving.model_config import SERVER_CONF, read_config
+from serving.model_service import ModelService, ModelServicer, http_routes, rpc_service
+from serving.proto import general_model_service_pb2_grpc as gm_grpc
+from serving.protocols.brpc_server import BrpcServer, ServerLimits
+
+log = logging.getLogger("serving.model_server")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Paddle Serving's serve flags (the ones that apply to a local Paddle Inference model)."""
+    parser = argparse.ArgumentParser(prog="python -m serving.model_server", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="the exported serving_server folder")
+    parser.add_argument("--port", type=int, default=9292, help="baidu_std + HTTP port (0 = any free port)")
+    parser.add_argument("--grpc_port", type=int, help="also serve gRPC GeneralModelService on this port")
+    parser.add_argument("--thread", type=int, default=4, help="concurrent predictions (predictor pool size)")
+    parser.add_argument("--gpu_ids", default="", help='GPU cards, e.g. "0" or "0,1"; empty = CPU')
+    parser.add_argument("--use_trt", action="store_true", help="TensorRT (needs --gpu_ids)")
+    parser.add_argument("--precision", default="fp32", help="fp32, fp16, int8 (GPU/TRT) or bf16 (CPU oneDNN)")
+    parser.add_argument("--use_mkldnn", action="store_true", help="oneDNN on CPU")
+    parser.add_argument("--cpu_threads", type=int, default=2, help="math threads per CPU predictor")
+    parser.add_argument("--ir_optim", action="store_true", help="graph optimisation passes")
+    memory = parser.add_mutually_exclusive_group()
+    memory.add_argument("--mem_optim", dest="mem_optim", action="store_true", default=True, help="(default)")
+    memory.add_argument("--mem_optim_off", dest="mem_optim", action="store_false", help="no memory optimisation")
+    parser.add_argument("--max_body_bytes", type=int, default=64 * 2**20, help="largest accepted message")
+    parser.add_argument("--max_image_pixels", type=int, default=40_000_000, help="largest accepted image")
+    parser.add_argument("--idle_timeout_s", type=float, default=60.0, help="close connections idle this long")
+    return parser.parse_args(argv)
+
+
+def build_service(args: argparse.Namespace) -> ModelService:
+    """Validate flags the way config.yml is validated, then create the predictor pool."""
+    from serving.predictor import LocalPredictor, settings_from_conf
+
+    folder = Path(args.model).resolve()
+    if not (folder / SERVER_CONF).is_file():
+        raise ConfigError(f"--model {args.model}: no {SERVER_CONF} there; export one with python -m export")
+    conf = LocalServiceConf(model_config=str(folder), device_type=2 if args.use_trt else (1 if args.gpu_ids else 0),
+                            devices=args.gpu_ids, thread_num=args.cpu_threads, mem_optim=args.mem_optim,
+                            ir_optim=args.ir_optim, precision=args.precision, use_mkldnn=args.use_mkldnn)
+    conf.validate("--flags")
+    model_config = read_config(folder / SERVER_CONF)
+    predictor = LocalPredictor(settings_from_conf(conf, model_config, path="--flags"), model_config,
+                               pool_size=args.thread)
+    card = load_card(folder) if (folder.parent / "model_card.yaml").is_file() else None
+    return ModelService(predictor, model_config, card, args.max_image_pixels)
+
+
+class ModelServer:
+    """The servers of one model: the asyncio brpc/HTTP port in its own thread, and optional gRPC."""
+
+    def __init__(self, service: ModelService, args: argparse.Namespace) -> None:
+        self.args = args
+        limits = ServerLimits(max_body_bytes=args.max_body_bytes, idle_timeout_s=args.idle_timeout_s)
+        self.brpc = BrpcServer([rpc_service(service)], http_routes(service), args.thread, limits)
+        self.grpc: grpc.Server | None = None
+        self.servicer = ModelServicer(service)
+        self.loop = asyncio.new_event_loop()
+        self.port = self.grpc_port = 0
+
+    def start(self) -> "ModelServer":
+        """Bind and serve in the background; ports are known on return."""
+        threading.Thread(target=self.loop.run_forever, name="brpc-loop", daemon=True).start()
+        self.port = asyncio.run_coroutine_threadsafe(self.brpc.start("0.0.0.0", self.args.port), self.loop).result()
+        if self.args.grpc_port is not None:
+            options = [("grpc.max_receive_message_length", self.args.max_body_bytes),
+                       ("grpc.max_send_message_length", self.args.max_body_bytes)]
+            self.grpc = grpc.server(futures.ThreadPoolExecutor(self.args.thread), options=options)
+            gm_grpc.add_GeneralModelServiceServicer_to_server(self.servicer, self.grpc)
+            self.grpc_port = self.grpc.add_insecure_port(f"0.0.0.0:{self.args.grpc_port}")
+            self.grpc.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening, finish what is running."""
+        asyncio.run_coroutine_threadsafe(self.brpc.stop(), self.loop).result()
+        if self.grpc is not None:
+            self.grpc.stop(grace=5).wait()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; bad flags or model are one line and exit code 2."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    warnings.filterwarnings("ignore", message="No ccache found")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        server = ModelServer(build_service(args), args).start()
+    except (ServingError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log.info("GeneralModelService ready: baidu_std + HTTP on port %d%s", server.port,
+             f", gRPC on port {server.grpc_port}" if server.grpc else "")
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    stopped.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

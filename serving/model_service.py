@@ -1,0 +1,126 @@
+"""GeneralModelService: the tensor-level model API, protocol-neutral, plus its baidu_std/HTTP/gRPC bindings."""
+
+import base64
+import binascii
+import logging
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+
+from serving.errors import InputError, error_of
+from serving.model_card import ModelCard
+from serving.proto import general_model_service_pb2 as gm
+from serving.proto import general_model_service_pb2_grpc as gm_grpc
+from serving.proto.general_model_config_pb2 import GeneralModelConfig
+from serving.protocols.baidu_std import PayloadError
+from serving.protocols.brpc_server import Route, RpcService
+from serving.tensors import ElemType, to_array, to_tensor
+
+log = logging.getLogger("serving.model_service")
+
+SERVICE_NAME = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
+ENGINE_NAME = "general_infer_0"
+
+
+class ModelService:
+    """Feeds in (tensors, or image files as base64 STRING), predictor, outputs out; errors in err_no."""
+
+    def __init__(self, predictor: object, model_config: GeneralModelConfig, card: ModelCard | None,
+                 max_image_pixels: int) -> None:
+        self.predictor = predictor
+        self.model_config = model_config
+        self.card = card
+        self.max_image_pixels = max_image_pixels
+        self.names = {var.alias_name: var.name for var in model_config.fetch_var}
+
+    def infer(self, request: gm.Request) -> gm.Response:
+        """Never raises: failures come back as err_no / err_msg, as Paddle Serving's clients expect."""
+        try:
+            feed = {self._feed_key(tensor): self._feed_value(tensor) for tensor in request.tensor}
+            if not feed:
+                raise InputError("request has no tensor; send one per feed "
+                                 f"({', '.join(var.alias_name for var in self.model_config.feed_var)})")
+            outputs = self.predictor.predict(feed, list(request.fetch_var_names) or None)
+        except Exception as exc:
+            err_no, err_msg = error_of(exc)
+            if err_no >= 10000:
+                log.exception("log_id %s: unexpected error", request.log_id)
+            return gm.Response(err_no=err_no, err_msg=err_msg, log_id=request.log_id)
+        tensors = [to_tensor(self.names.get(alias, alias), alias, value) for alias, value in outputs.items()]
+        return gm.Response(outputs=[gm.ModelOutput(tensor=tensors, engine_name=ENGINE_NAME)], log_id=request.log_id)
+
+    def _feed_key(self, tensor: gm.Tensor) -> str:
+        """Image files may arrive under the client config's alias (e.g. `inputs`): they feed the image input."""
+        if tensor.elem_type == ElemType.STRING and len(self.model_config.feed_var) == 1:
+            return self.model_config.feed_var[0].alias_name
+        return tensor.alias_name or tensor.name
+
+    def _feed_value(self, tensor: gm.Tensor) -> np.ndarray:
+        """A numeric tensor as an array; STRING elements are image files, preprocessed per the model card."""
+        if tensor.elem_type != ElemType.STRING:
+            return to_array(tensor)
+        if self.card is None:
+            raise InputError("this model has no model card, so it cannot preprocess image files; send FP32 tensors")
+        images = []
+        for index, text in enumerate(tensor.data):
+            try:
+                data = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise InputError(f"feed {tensor.alias_name or tensor.name!r}[{index}] is not base64 text of an "
+                                 "image file") from None
+            images.append(self.card.transforms(data, self.max_image_pixels))
+        if not images:
+            raise InputError(f"feed {tensor.alias_name or tensor.name!r} holds no image")
+        return np.stack(images)
+
+
+def rpc_service(service: ModelService) -> RpcService:
+    """baidu_std binding: `inference` and `debug` (the same call, as far as clients can tell)."""
+
+    def call(payload: bytes, attachment: bytes) -> tuple[bytes, bytes]:
+        request = gm.Request()
+        try:
+            request.ParseFromString(payload)
+        except DecodeError as exc:
+            raise PayloadError(f"payload is not a GeneralModelService Request: {exc}") from None
+        return service.infer(request).SerializeToString(), b""
+
+    return RpcService(SERVICE_NAME, {"inference": call, "debug": call})
+
+
+def http_routes(service: ModelService) -> dict[str, Route]:
+    """HTTP binding: `POST /GeneralModelService/inference` (and `/debug`) with the proto's JSON."""
+
+    def call(body: bytes) -> tuple[int, bytes]:
+        try:
+            request = json_format.Parse(body, gm.Request())
+        except (json_format.ParseError, UnicodeDecodeError) as exc:
+            error = gm.Response(err_no=5000, err_msg=f"body is not a JSON GeneralModelService Request: {exc}")
+            return 400, _json(error)
+        return 200, _json(service.infer(request))
+
+    return {f"/{name}/{method}": call for name in (SERVICE_NAME, SERVICE_NAME.rsplit(".", 1)[-1])
+            for method in ("inference", "debug")}
+
+
+def _json(response: gm.Response) -> bytes:
+    return json_format.MessageToJson(response, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True, indent=None).encode()
+
+
+class ModelServicer(gm_grpc.GeneralModelServiceServicer):
+    """gRPC binding of the same service."""
+
+    def __init__(self, service: ModelService) -> None:
+        self.service = service
+
+    def inference(self, request: gm.Request, context: grpc.ServicerContext) -> gm.Response:
+        """Errors travel in err_no / err_msg."""
+        return self.service.infer(request)
+
+    def debug(self, request: gm.Request, context: grpc.ServicerContext) -> gm.Response:
+        """Same as inference."""
+        return self.service.infer(request)
+

@@ -1,0 +1,175 @@
+"""One asyncio port, as brpc serves it: baidu_std frames and HTTP/1.1 JSON, told apart by the first bytes."""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from serving.proto.brpc_meta_pb2 import RpcMeta
+from serving.protocols import baidu_std
+from serving.protocols.baidu_std import BrpcCode, Frame, FrameError, PayloadError
+from serving.protocols.http1 import HttpError, read_request, write_response
+
+log = logging.getLogger("serving.brpc")
+
+# A method takes the decompressed payload and attachment; returns the response payload and attachment.
+Method = Callable[[bytes, bytes], tuple[bytes, bytes]]
+# An HTTP route takes the body; returns (status, JSON body).
+Route = Callable[[bytes], tuple[int, bytes]]
+
+
+@dataclass
+class RpcService:
+    """A protobuf service by its fully qualified name; clients may also use the name without package."""
+
+    full_name: str
+    methods: dict[str, Method]
+
+    @property
+    def short_name(self) -> str:
+        """`GeneralModelService` for `baidu.paddle_serving.predictor.general_model.GeneralModelService`."""
+        return self.full_name.rsplit(".", 1)[-1]
+
+
+@dataclass
+class ServerLimits:
+    """Bounds per connection and request."""
+
+    max_body_bytes: int = baidu_std.DEFAULT_MAX_BODY
+    idle_timeout_s: float = 60.0
+
+
+class RpcError(Exception):
+    """A request answered with a brpc error_code instead of a payload."""
+
+    def __init__(self, code: BrpcCode, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+class BrpcServer:
+    """Dispatches baidu_std requests (many in flight per connection) and HTTP requests to handlers."""
+
+    def __init__(self, services: list[RpcService], routes: dict[str, Route], workers: int,
+                 limits: ServerLimits | None = None) -> None:
+        self.services = {name: service for service in services for name in (service.full_name, service.short_name)}
+        self.routes = routes
+        self.limits = limits or ServerLimits()
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="brpc")
+        self.server: asyncio.Server | None = None
+        self.stopping = False
+        self.connections: set[asyncio.Task] = set()
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port (0 picks a free one)."""
+        self.server = await asyncio.start_server(self._on_connection, host, port)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Answer new requests with ELOGOFF, close the listener and the connections, finish running handlers."""
+        self.stopping = True
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.connections):
+            task.cancel()
+        await asyncio.gather(*self.connections, return_exceptions=True)
+        self.pool.shutdown(wait=True)
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self.connections.add(task)
+        try:
+            first = await asyncio.wait_for(reader.readexactly(4), self.limits.idle_timeout_s)
+            if first == baidu_std.MAGIC:
+                await self._serve_baidu_std(reader, writer, first)
+            else:
+                await self._serve_http(reader, writer, first)
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+            pass
+        except FrameError as exc:
+            log.info("closing %s: %s", writer.get_extra_info("peername"), exc)
+        finally:
+            self.connections.discard(task)
+            writer.close()
+
+    async def _serve_baidu_std(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
+        """Read frames until the peer closes, stalls or breaks the framing; answer each in its own task."""
+        lock, tasks = asyncio.Lock(), set()
+        try:
+            while True:
+                frame = await asyncio.wait_for(baidu_std.read_frame(reader, self.limits.max_body_bytes, first),
+                                               self.limits.idle_timeout_s)
+                first = b""
+                if frame is None:
+                    break
+                if not frame.meta.HasField("request"):
+                    raise FrameError("a request frame without RpcMeta.request")
+                task = asyncio.create_task(self._answer(frame, writer, lock))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _answer(self, frame: Frame, writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
+        meta = RpcMeta(correlation_id=frame.meta.correlation_id, compress_type=frame.meta.compress_type)
+        payload, attachment = b"", b""
+        try:
+            payload, attachment = await self._call(frame)
+            payload = baidu_std.compress(payload, frame.meta.compress_type)
+        except RpcError as exc:
+            meta.response.error_code, meta.response.error_text = int(exc.code), str(exc)
+            meta.ClearField("compress_type")
+        else:
+            meta.response.error_code = 0
+        async with lock:
+            writer.write(baidu_std.encode_frame(meta, payload, attachment))
+            await writer.drain()
+
+    async def _call(self, frame: Frame) -> tuple[bytes, bytes]:
+        """Resolve service and method, decompress, run in the pool within the client's timeout_ms."""
+        request = frame.meta.request
+        if self.stopping:
+            raise RpcError(BrpcCode.ELOGOFF, "server is stopping")
+        service = self.services.get(request.service_name)
+        if service is None:
+            raise RpcError(BrpcCode.ENOSERVICE, f"no service {request.service_name!r}; this server has "
+                           f"{sorted({s.full_name for s in self.services.values()})}")
+        method = service.methods.get(request.method_name)
+        if method is None:
+            raise RpcError(BrpcCode.ENOMETHOD, f"{service.short_name} has no method {request.method_name!r}; "
+                           f"it has {sorted(service.methods)}")
+        try:
+            payload = baidu_std.decompress(frame.payload, frame.meta.compress_type, self.limits.max_body_bytes)
+            running = asyncio.get_running_loop().run_in_executor(self.pool, method, payload, frame.attachment)
+            timeout = request.timeout_ms / 1000 if request.timeout_ms > 0 else None
+            return await asyncio.wait_for(running, timeout)
+        except PayloadError as exc:
+            raise RpcError(BrpcCode.EREQUEST, str(exc)) from None
+        except asyncio.TimeoutError:
+            raise RpcError(BrpcCode.ERPCTIMEDOUT, f"not answered within timeout_ms {request.timeout_ms}") from None
+        except Exception as exc:
+            log.exception("%s.%s failed", service.short_name, request.method_name)
+            raise RpcError(BrpcCode.EINTERNAL, f"internal error: {type(exc).__name__}: {exc}") from None
+
+    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
+        """HTTP/1.1 keep-alive: POST /{Service}/{method} with JSON."""
+        while True:
+            try:
+                request = await asyncio.wait_for(read_request(reader, first, self.limits.max_body_bytes),
+                                                 self.limits.idle_timeout_s)
+            except HttpError as exc:
+                await write_response(writer, exc.status, exc.body(), close=True)
+                return
+            if request is None:
+                return
+            first = b""
+            route = self.routes.get(request.path.split("?", 1)[0].rstrip("/"))
+            if route is None:
+                status, body = 404, HttpError(404, f"no route {request.path}; try {sorted(self.routes)}").body()
+            else:
+                status, body = await asyncio.get_running_loop().run_in_executor(self.pool, route, request.body)
+            await write_response(writer, status, body, close=request.close)
+            if request.close:
+                return

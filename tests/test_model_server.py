@@ -1,0 +1,228 @@
+"""The model server end to end: baidu_std, HTTP and gRPC on real sockets, against in-process prediction."""
+
+import base64
+import json
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from export import inference_io
+from export.exporter import ExportRequest, export
+from serving.model_card import load_card
+from serving.model_server import ModelServer, build_service, parse_args
+from serving.proto import general_model_service_pb2 as gm
+from serving.proto import general_model_service_pb2_grpc as gm_grpc
+from serving.proto.brpc_meta_pb2 import RpcMeta
+from serving.protocols.baidu_std import HEADER, CompressType, FrameDecoder, compress, decompress, encode_frame
+from serving.tensors import to_array, to_tensor
+from tests.conftest import photo_bytes
+
+SERVICE = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model_server") / "SqueezeNet1_1"
+    export(ExportRequest(model="SqueezeNet1_1", out=out, random_init=0))
+    return out / "serving_server"
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path) -> Iterator[ModelServer]:
+    args = parse_args(["--model", str(model_dir), "--port", "0", "--grpc_port", "0", "--thread", "2",
+                       "--idle_timeout_s", "1.5", "--max_body_bytes", str(8 * 2**20)])
+    running = ModelServer(build_service(args), args).start()
+    yield running
+    running.stop()
+
+
+def preprocessed(model_dir: Path, images: list[bytes]) -> np.ndarray:
+    card = load_card(model_dir)
+    return np.stack([card.transforms(data) for data in images])
+
+
+def expected(model_dir: Path, batch: np.ndarray) -> np.ndarray:
+    return inference_io.run(inference_io.create_predictor(model_dir), batch)[0]
+
+
+class Connection:
+    """A raw baidu_std connection: frames out, frames in."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.decoder = FrameDecoder()
+        self.pending: list = []
+
+    def send(self, request: gm.Request | bytes, correlation_id: int = 1, service: str = SERVICE,
+             method: str = "inference", compress_type: int = 0, timeout_ms: int = 0) -> None:
+        meta = RpcMeta(correlation_id=correlation_id, compress_type=compress_type)
+        meta.request.service_name, meta.request.method_name = service, method
+        meta.request.timeout_ms = timeout_ms
+        payload = request if isinstance(request, bytes) else request.SerializeToString()
+        self.sock.sendall(encode_frame(meta, compress(payload, compress_type)))
+
+    def receive(self) -> tuple[RpcMeta, gm.Response]:
+        while not self.pending:
+            data = self.sock.recv(1 << 20)
+            assert data, "server closed the connection"
+            self.pending.extend(self.decoder.feed(data))
+        frame = self.pending.pop(0)
+        response = gm.Response()
+        response.ParseFromString(decompress(frame.payload, frame.meta.compress_type, 1 << 26))
+        return frame.meta, response
+
+    def closed_by_server(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+
+def image_request(images: list[bytes], log_id: int = 0) -> gm.Request:
+    return gm.Request(tensor=[to_tensor("x", "image", images)], fetch_var_names=["prediction"], log_id=log_id)
+
+
+def output(response: gm.Response) -> np.ndarray:
+    assert response.err_no == 0, response.err_msg
+    (tensor,) = response.outputs[0].tensor
+    assert (tensor.alias_name, tensor.elem_type) == ("prediction", 1)
+    return to_array(tensor)
+
+
+def test_baidu_std_tensor_and_image_feeds_match_in_process(server: ModelServer, model_dir: Path) -> None:
+    batch = preprocessed(model_dir, photo_bytes())
+    reference = expected(model_dir, batch)
+    connection = Connection(server.port)
+    connection.send(gm.Request(tensor=[to_tensor("x", "x", batch)], log_id=11), correlation_id=5)
+    meta, response = connection.receive()
+    assert (meta.correlation_id, meta.response.error_code, response.log_id) == (5, 0, 11)
+    np.testing.assert_allclose(output(response), reference, atol=1e-5)
+    connection.send(image_request(photo_bytes(), log_id=12), correlation_id=6, service="GeneralModelService")
+    meta, response = connection.receive()
+    assert meta.correlation_id == 6
+    np.testing.assert_allclose(output(response), reference, atol=1e-5)
+
+
+def test_pipelined_requests_matched_by_correlation_id(server: ModelServer, model_dir: Path) -> None:
+    photos = photo_bytes()
+    connection = Connection(server.port)
+    for correlation_id in range(6):
+        connection.send(image_request([photos[correlation_id % 2]]), correlation_id=100 + correlation_id,
+                        compress_type=[CompressType.NONE, CompressType.GZIP, CompressType.ZLIB][correlation_id % 3])
+    answers = [connection.receive() for _ in range(6)]
+    by_id = {meta.correlation_id: output(response) for meta, response in answers}
+    reference = expected(model_dir, preprocessed(model_dir, photos))
+    for correlation_id, probs in by_id.items():
+        np.testing.assert_allclose(probs[0], reference[(correlation_id - 100) % 2], atol=1e-5)
+    assert sorted(by_id) == list(range(100, 106))
+
+
+def test_http_and_grpc_on_the_model_server(server: ModelServer, model_dir: Path) -> None:
+    reference = expected(model_dir, preprocessed(model_dir, photo_bytes()[:1]))
+    body = {"tensor": [{"name": "x", "alias_name": "image", "elem_type": 20, "shape": [1],
+                        "data": [base64.b64encode(photo_bytes()[0]).decode()]}], "fetch_var_names": ["prediction"]}
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}/GeneralModelService/inference",
+                                     data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        reply = json.loads(answer.read())
+    assert reply["err_no"] == 0 and reply["outputs"][0]["tensor"][0]["shape"] == [1, 1000]
+    np.testing.assert_allclose(reply["outputs"][0]["tensor"][0]["float_data"], reference[0], atol=1e-5)
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        response = gm_grpc.GeneralModelServiceStub(channel).inference(image_request(photo_bytes()[:1]))
+    np.testing.assert_allclose(output(response), reference, atol=1e-5)
+
+
+def good_request_works(server: ModelServer) -> None:
+    connection = Connection(server.port)
+    connection.send(image_request(photo_bytes()[:1]))
+    assert connection.receive()[1].err_no == 0
+
+
+@pytest.mark.parametrize(("kwargs", "code", "text"), [
+    ({"service": "EchoService"}, 1001, "no service 'EchoService'"),
+    ({"method": "train"}, 1002, "GeneralModelService has no method 'train'"),
+    ({"compress_type": CompressType.SNAPPY}, 1003, "compress_type snappy is not supported"),
+])
+def test_brpc_error_codes(server: ModelServer, kwargs: dict, code: int, text: str) -> None:
+    connection = Connection(server.port)
+    connection.send(image_request(photo_bytes()[:1]) if "compress_type" not in kwargs else b"\x00", **kwargs)
+    meta, _ = connection.receive()
+    assert meta.response.error_code == code and text in meta.response.error_text
+    connection.send(image_request(photo_bytes()[:1]), correlation_id=2)
+    assert connection.receive()[1].err_no == 0
+
+
+def test_payload_that_does_not_parse(server: ModelServer) -> None:
+    connection = Connection(server.port)
+    connection.send(b"\xff\xff\xff garbage")
+    meta, _ = connection.receive()
+    assert meta.response.error_code == 1003 and "not a GeneralModelService Request" in meta.response.error_text
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    (gm.Request(tensor=[to_tensor("x", "x", np.zeros((1, 3, 100, 100), np.float32))]),
+     "feed 'x'"),
+    (gm.Request(tensor=[to_tensor("x", "x", np.zeros((1, 3, 224, 224), np.float64))]), "float64"),
+    (gm.Request(tensor=[to_tensor("x", "x", np.zeros((1, 3, 224, 224), np.float32)),
+                        to_tensor("y", "y", np.zeros((1, 3), np.float32))]), "'y'"),
+    (gm.Request(tensor=[to_tensor("x", "x", np.zeros((1, 3, 224, 224), np.float32))], fetch_var_names=["logits"]),
+     "logits"),
+    (gm.Request(tensor=[to_tensor("x", "image", ["%%%"])]), "is not base64 text of an image file"),
+    (gm.Request(), "request has no tensor"),
+])
+def test_feeds_that_do_not_match_the_model(server: ModelServer, request_: gm.Request, message: str) -> None:
+    connection = Connection(server.port)
+    connection.send(request_)
+    meta, response = connection.receive()
+    assert meta.response.error_code == 0
+    assert response.err_no == 5000 and message in response.err_msg, response.err_msg
+    good_request_works(server)
+
+
+@pytest.mark.parametrize("garbage", [
+    b"JUNK" + bytes(8),                                    # wrong magic
+    HEADER.pack(b"PRPC", 2**30, 10),                        # body above the limit: nothing allocated
+    HEADER.pack(b"PRPC", 10, 20) + bytes(10),               # meta larger than body
+    HEADER.pack(b"PRPC", 4, 4) + b"\xff\xff\xff\xff",       # meta that does not parse
+])
+def test_framing_violations_close_the_connection(server: ModelServer, garbage: bytes) -> None:
+    connection = Connection(server.port)
+    connection.sock.sendall(garbage)
+    assert connection.closed_by_server()
+    good_request_works(server)
+
+
+def test_half_a_frame_then_stall_times_out_alone(server: ModelServer) -> None:
+    staller = Connection(server.port)
+    frame = encode_frame(RpcMeta(correlation_id=1), image_request(photo_bytes()[:1]).SerializeToString())
+    staller.sock.sendall(frame[: len(frame) // 2])
+    started = time.monotonic()
+    good_request_works(server)
+    assert staller.closed_by_server()
+    assert 1.0 < time.monotonic() - started < 10
+
+
+def test_http_errors(server: ModelServer) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}/GeneralModelService/inference",
+                                     data=b"{not json", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=30)
+    assert error.value.code == 400 and json.loads(error.value.read())["err_no"] == 5000
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}/Nope/inference", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=30)
+    assert error.value.code == 404
+    good_request_works(server)
+
+
+def test_a_bad_model_folder_is_one_clear_error(tmp_path: Path) -> None:
+    from serving.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"no serving_server_conf\.prototxt there"):
+        build_service(parse_args(["--model", str(tmp_path)]))
