@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from serving.errors import ConfigError
-from serving.model_config import SERVER_CONF
+from serving.model_config import CLIENT_CONF, SERVER_CONF
 
 CLIENT_TYPES = ("local_predictor", "brpc", "grpc")
 SUPPORTED_DEVICE_TYPES = {-1: "from devices", 0: "CPU", 1: "GPU", 2: "TensorRT"}
@@ -91,6 +91,11 @@ class OpConfig:
     client_config: str | None = None
     local_service_conf: LocalServiceConf | None = None
     topk: int = 1
+
+    def remote_protocol(self, dag: "DagConfig") -> str:
+        """brpc or grpc: local_service_conf.client_type when it names one, else dag.client_type."""
+        conf = self.local_service_conf
+        return conf.client_type if conf is not None and conf.client_type != "local_predictor" else dag.client_type
 
     def validate(self, path: str) -> None:
         """Ranges, and a local model or remote endpoints when a model is configured."""
@@ -218,17 +223,40 @@ def parse_config(data: object, base_dir: Path) -> ServiceConfig:
     """Build and validate a ServiceConfig; relative model and cache folders are resolved against `base_dir`."""
     config = _build(ServiceConfig, {} if data is None else data, "")
     for name, op in config.op.items():
-        conf = op.local_service_conf
-        if conf is None or conf.client_type != "local_predictor":
-            continue
-        folder = Path(conf.model_config)
-        folder = folder if folder.is_absolute() else (base_dir / folder)
-        _require((folder / SERVER_CONF).is_file(), f"op.{name}.local_service_conf.model_config", conf.model_config,
-                 f"the folder must exist and hold {SERVER_CONF} (looked in {folder}); export one with python -m export")
-        conf.model_config = str(folder.resolve())
-        if conf.trt_cache_dir and not Path(conf.trt_cache_dir).is_absolute():
-            conf.trt_cache_dir = str((base_dir / conf.trt_cache_dir).resolve())
+        if op.server_endpoints or (op.local_service_conf and op.local_service_conf.client_type != "local_predictor"):
+            _resolve_remote(op, f"op.{name}", base_dir)
+        elif op.local_service_conf is not None:
+            _resolve_local(op.local_service_conf, f"op.{name}.local_service_conf", base_dir)
     return config
+
+
+def _resolve(path: str, base_dir: Path) -> Path:
+    folder = Path(path)
+    return (folder if folder.is_absolute() else base_dir / folder).resolve()
+
+
+def _resolve_local(conf: LocalServiceConf, path: str, base_dir: Path) -> None:
+    """The model folder must hold the server config; relative folders are made absolute."""
+    folder = _resolve(conf.model_config, base_dir)
+    _require((folder / SERVER_CONF).is_file(), f"{path}.model_config", conf.model_config,
+             f"the folder must exist and hold {SERVER_CONF} (looked in {folder}); export one with python -m export")
+    conf.model_config = str(folder)
+    if conf.trt_cache_dir:
+        conf.trt_cache_dir = str(_resolve(conf.trt_cache_dir, base_dir))
+
+
+def _resolve_remote(op: OpConfig, path: str, base_dir: Path) -> None:
+    """Remote ops need endpoints and the model's client config."""
+    _require(bool(op.server_endpoints), f"{path}.server_endpoints", op.server_endpoints,
+             "a brpc/grpc client_type needs the model servers' \"host:port\" list")
+    _require(all(":" in endpoint for endpoint in op.server_endpoints), f"{path}.server_endpoints",
+             op.server_endpoints, 'each endpoint is "host:port"')
+    _require(op.client_config is not None, f"{path}.client_config", op.client_config,
+             f"remote ops need the model's serving_client/{CLIENT_CONF}")
+    client_config = _resolve(op.client_config, base_dir)
+    _require(client_config.is_file(), f"{path}.client_config", op.client_config,
+             f"no such file (looked in {client_config})")
+    op.client_config = str(client_config)
 
 
 def apply_overrides(data: dict, overrides: dict[str, object]) -> dict:

@@ -69,7 +69,7 @@ class Dag:
         """The user's ops, in execution order."""
         return [op for level in self.levels for op in level]
 
-    def start(self, build_predictor: Callable[[Op, Any], Any]) -> None:
+    def start(self, build_predictor: Callable[[Op], Any]) -> None:
         """Configure each op from config.yml, create predictors, run init_op, start the pools."""
         for op in self.ops:
             op.configure(self.config.op.get(op.name, OpConfig()), self.config.limits)

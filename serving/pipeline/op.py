@@ -1,13 +1,13 @@
 """Paddle Serving's Op API: the hooks a web_service.py overrides, and the framework's calls around them."""
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from serving.config import LimitsConfig, OpConfig
 from serving.errors import InitError, ProductError, ServingError, TypeCheckError
-from serving.model_config import SERVER_CONF, read_config
 
 log = logging.getLogger("serving.pipeline")
 
@@ -62,16 +62,22 @@ class Op:
             setattr(config, key, value)
         self.config = config
         self.limits = limits
-        conf = config.local_service_conf
-        self.model_config = conf.model_config if conf is not None else None
+        if config.server_endpoints:
+            self.model_config = str(Path(config.client_config).parent)
+        elif config.local_service_conf is not None:
+            self.model_config = config.local_service_conf.model_config
+
+    @property
+    def remote(self) -> bool:
+        """True when model servers (server_endpoints) answer process()."""
+        return bool(self.config.server_endpoints)
 
     def start(self, build_predictor: Any) -> None:
-        """Create the predictor (if this op has a model) and run the user's init_op."""
+        """Create the predictor (if this op has a model, local or remote) and run the user's init_op."""
         self.set_dynamic_shape_info()
-        if self.config.local_service_conf is not None:
+        if self.remote or self.config.local_service_conf is not None:
             try:
-                model = read_config(f"{self.model_config}/{SERVER_CONF}")
-                self.predictor = build_predictor(self, model)
+                self.predictor = build_predictor(self)
             except ServingError:
                 raise
             except Exception as exc:

@@ -11,6 +11,7 @@ import yaml
 from serving.config import ServiceConfig, apply_overrides, load_config, parse_config
 from serving.dataplane import DataPlane
 from serving.errors import ConfigError
+from serving.model_config import SERVER_CONF, read_config
 from serving.pipeline.dag import Dag
 from serving.pipeline.op import Op, RequestOp
 from serving.protocols.grpc_server import start_grpc_server
@@ -19,14 +20,16 @@ from serving.protocols.http_server import start_http_server
 log = logging.getLogger("serving.pipeline")
 
 
-def build_local_predictor(op: Op, model_config: Any) -> Any:
-    """The in-process Paddle Inference predictor for an op's local_service_conf."""
-    from serving.predictor import LocalPredictor, settings_from_conf
+def build_predictor(op: Op, config: ServiceConfig) -> Any:
+    """The op's predictor: model servers over brpc/gRPC, or in-process Paddle Inference."""
+    from serving.predictor import LocalPredictor, RemotePredictor, settings_from_conf
 
+    if op.remote:
+        timeout_ms = op.config.timeout if op.config.timeout > 0 else config.limits.request_timeout_ms
+        return RemotePredictor(op.config.remote_protocol(config.dag), op.config.server_endpoints,
+                               op.config.client_config, timeout_ms / 1000, config.limits.max_body_bytes)
     conf = op.config.local_service_conf
-    if conf.client_type != "local_predictor":
-        raise ConfigError(f"config op.{op.name}.local_service_conf.client_type = {conf.client_type!r}: remote "
-                          "model services are not supported yet; use local_predictor")
+    model_config = read_config(Path(conf.model_config) / SERVER_CONF)
     settings = settings_from_conf(conf, model_config, op.dynamic_shape_info or None,
                                   path=f"op.{op.name}.local_service_conf")
     return LocalPredictor(settings, model_config, pool_size=op.config.concurrency)
@@ -78,7 +81,7 @@ class WebService:
             raise ConfigError("call prepare_pipeline_config(...) before run_service()")
         self.dag = Dag(self.get_pipeline_response(RequestOp()), self.config)
         _warn_inert_settings(self.config, self.dag)
-        self.dag.start(build_local_predictor)
+        self.dag.start(lambda op: build_predictor(op, self.config))
         dataplane = DataPlane(self.name, self.dag.run)
         limits = self.config.limits
         if self.config.http_port is not None:

@@ -1,8 +1,9 @@
-"""The local predictor: a local_service_conf run on Paddle Inference inside the serving process."""
+"""Predictors: a local_service_conf run on Paddle Inference in process, or model servers over brpc/gRPC."""
 
+from serving.predictor.remote import RemotePredictor
 from serving.predictor.settings import PredictorSettings, settings_from_conf
 
-__all__ = ["LocalPredictor", "PredictorSettings", "apply_settings", "settings_from_conf"]
+__all__ = ["LocalPredictor", "PredictorSettings", "RemotePredictor", "apply_settings", "settings_from_conf"]
 
 
 def __getattr__(name: str) -> object:

@@ -1,0 +1,90 @@
+"""Remote ops: a pipeline whose predict op calls model servers over brpc or gRPC answers like a local one."""
+
+import base64
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from export.exporter import ExportRequest, export
+from pipelines.web_service import ImageService
+from serving.errors import ConfigError
+from serving.model_server import ModelServer, build_service, parse_args
+from tests.conftest import photo_bytes
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("remote") / "SqueezeNet1_1"
+    export(ExportRequest(model="SqueezeNet1_1", out=out, random_init=0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_server(model_root: Path) -> Iterator[ModelServer]:
+    args = parse_args(["--model", str(model_root / "serving_server"), "--port", "0", "--grpc_port", "0",
+                       "--thread", "2", "--use_mkldnn", "--ir_optim"])
+    server = ModelServer(build_service(args), args).start()
+    yield server
+    server.stop()
+
+
+def classify(config: dict) -> dict:
+    service = ImageService(name="imagenet")
+    service.prepare_pipeline_config(yml_dict=config)
+    service.start()
+    try:
+        body = {"key": ["image_0", "image_1"], "value": [base64.b64encode(data).decode() for data in photo_bytes()]}
+        request = urllib.request.Request(f"http://127.0.0.1:{service.http_port}/imagenet/prediction",
+                                         data=json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read())
+    finally:
+        service.stop()
+
+
+def local_config(model_root: Path) -> dict:
+    return {"http_port": 0, "op": {"imagenet": {"local_service_conf": {
+        "model_config": str(model_root / "serving_server"), "use_mkldnn": True, "ir_optim": True}}}}
+
+
+def remote_config(model_root: Path, endpoint: str, **dag: object) -> dict:
+    return {"http_port": 0, "dag": dag, "op": {"imagenet": {
+        "server_endpoints": [endpoint], "client_config": str(model_root / "serving_client" /
+                                                             "serving_client_conf.prototxt")}}}
+
+
+@pytest.mark.parametrize("protocol", ["brpc", "grpc"])
+def test_remote_op_answers_like_the_local_predictor(model_root: Path, model_server: ModelServer,
+                                                    protocol: str) -> None:
+    port = model_server.port if protocol == "brpc" else model_server.grpc_port
+    remote = classify(remote_config(model_root, f"127.0.0.1:{port}", client_type=protocol))
+    local = classify(local_config(model_root))
+    assert remote["err_no"] == 0, remote
+    assert remote == local
+
+
+@pytest.mark.parametrize("protocol", ["brpc", "grpc"])
+def test_remote_errors_come_back_with_their_code(model_root: Path, model_server: ModelServer, protocol: str) -> None:
+    port = model_server.port if protocol == "brpc" else model_server.grpc_port
+    config = remote_config(model_root, f"127.0.0.1:{port}", client_type=protocol)
+    config["op"]["imagenet"]["fetch_list"] = ["logits"]
+    answer = classify(config)
+    assert answer["err_no"] == 5000 and "logits" in answer["err_msg"], answer
+
+
+def test_unreachable_model_server_is_an_rpc_error(model_root: Path) -> None:
+    answer = classify(remote_config(model_root, "127.0.0.1:1", client_type="grpc"))
+    assert answer["err_no"] == 8000 and "unreachable" in answer["err_msg"]
+
+
+def test_remote_config_errors(model_root: Path) -> None:
+    config = remote_config(model_root, "127.0.0.1:9292")
+    del config["op"]["imagenet"]["client_config"]
+    with pytest.raises(ConfigError, match=r"op\.imagenet\.client_config = None: remote ops need"):
+        ImageService().prepare_pipeline_config(yml_dict=config)
+    config = remote_config(model_root, "localhost")
+    with pytest.raises(ConfigError, match='each endpoint is "host:port"'):
+        ImageService().prepare_pipeline_config(yml_dict=config)
