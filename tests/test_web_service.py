@@ -286,3 +286,29 @@ def test_client_command_lines(service: ImageService) -> None:
     http_labels = ast.literal_eval(http.stdout.splitlines()[0].removeprefix("label: "))
     rpc_labels = ast.literal_eval(rpc.stdout.splitlines()[0].removeprefix("label: "))
     assert len(http_labels) == 2 and rpc_labels == http_labels[:1]
+
+
+def test_dynamic_batching_merges_concurrent_requests_correctly(model_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    svc = ImageService(name="imagenet")
+    svc.prepare_pipeline_config(yml_dict=service_config(model_dir, batch_size=4, auto_batching_timeout=200,
+                                                        concurrency=1))
+    svc.start()
+    (op,) = svc.dag.ops
+    calls: list[int] = []
+    predict = op.predictor.predict
+    op.predictor.predict = lambda feed, fetch=None: calls.append(len(feed["x"])) or predict(feed, fetch)
+    try:
+        photos = photo_bytes()
+        bodies = [{"key": ["image"], "value": [b64(photos[i % 2])]} for i in range(6)]
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda body: post(svc.http_port, body), bodies))
+    finally:
+        svc.stop()
+    labels, probs = expected(model_dir, photos)
+    for i, answer in enumerate(answers):
+        result = parsed(answer["key"], answer["value"])
+        assert result["label"] == [labels[i % 2]]
+        np.testing.assert_allclose(result["prob"], [probs[i % 2]], atol=1e-5)
+    assert sum(calls) == 6 and max(calls) > 1, f"requests were not merged: {calls}"

@@ -74,12 +74,14 @@ class Dag:
         for op in self.ops:
             op.configure(self.config.op.get(op.name, OpConfig()), self.config.limits)
             op.start(build_predictor)
-            self._pools[op.name] = ThreadPoolExecutor(op.config.concurrency, thread_name_prefix=f"op-{op.name}")
+            self._pools[op.name] = ThreadPoolExecutor(op.threads, thread_name_prefix=f"op-{op.name}")
 
     def stop(self) -> None:
         """Let running ops finish; accept no more."""
         for pool in self._pools.values():
             pool.shutdown(wait=True, cancel_futures=True)
+        for op in self.ops:
+            op.stop()
 
     def run(self, request: PipelineRequest) -> dict[str, str]:
         """The last op's result for `request`, within the request deadline."""
@@ -87,15 +89,15 @@ class Dag:
         data_id = next(self._ids)
         outputs: dict[str, dict] = {self.request_op.name: _request_dict(request)}
         for level in self.levels:
-            started = {op: self._submit(op, outputs, data_id, request.logid) for op in level}
+            started = {op: self._submit(op, outputs, data_id, request.logid, deadline) for op in level}
             for op, future in started.items():
                 outputs[op.name] = self._result(op, future, outputs, data_id, request.logid, deadline)
         final = {op.name: outputs[op.name] for op in self.response_op.input_ops}
         return self.response_op.postprocess(final, {})[0]
 
-    def _submit(self, op: Op, outputs: dict[str, dict], data_id: int, log_id: int) -> Future:
+    def _submit(self, op: Op, outputs: dict[str, dict], data_id: int, log_id: int, deadline: float) -> Future:
         inputs = {parent.name: outputs[parent.name] for parent in op.input_ops}
-        return self._pools[op.name].submit(op.run, inputs, data_id, log_id)
+        return self._pools[op.name].submit(op.run, inputs, data_id, log_id, deadline)
 
     def _result(self, op: Op, future: Future, outputs: dict, data_id: int, log_id: int, deadline: float) -> dict:
         """Wait within the op's timeout and the request deadline; retry what another attempt may fix."""
@@ -114,7 +116,7 @@ class Dag:
                 error = exc if isinstance(exc, ServingError) else ServingError(f"op {op.name}: {exc}")
                 log.warning("logid %s: op %s attempt %d failed: %s", log_id, op.name, attempt, exc)
             if attempt < op.config.retry and deadline > time.monotonic():
-                future = self._submit(op, outputs, data_id, log_id)
+                future = self._submit(op, outputs, data_id, log_id, deadline)
         raise error
 
 

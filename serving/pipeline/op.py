@@ -1,11 +1,14 @@
 """Paddle Serving's Op API: the hooks a web_service.py overrides, and the framework's calls around them."""
 
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from serving.batching import Batcher
 from serving.config import LimitsConfig, OpConfig
 from serving.errors import InitError, ProductError, ServingError, TypeCheckError
 
@@ -32,6 +35,8 @@ class Op:
         self.model_config: str | None = None
         self.dynamic_shape_info: dict = {}
         self.predictor: Any = None
+        self._batcher: Batcher | None = None
+        self._request = threading.local()
 
     # ---- hooks a user overrides -------------------------------------------------------------------------------
     def init_op(self) -> None:
@@ -46,10 +51,16 @@ class Op:
         return input_dict, False, None, ""
 
     def process(self, feed_batch: list[dict[str, np.ndarray]], typical_logid: int = 0) -> tuple:
-        """Run the model on the merged feed; returns (fetch_dict, err_code, err_info)."""
-        fetch = self.config.fetch_list or (self.config.local_service_conf.fetch_list
-                                           if self.config.local_service_conf else None)
-        return self.predictor.predict(feed_batch[0], fetch), None, ""
+        """Run the model on the feed (merged with other requests' when batching); returns (fetch_dict, code, info)."""
+        if self._batcher is not None:
+            return self._batcher.predict(feed_batch[0], self._request.deadline), None, ""
+        return self.predictor.predict(feed_batch[0], self.fetch_names), None, ""
+
+    @property
+    def fetch_names(self) -> list[str] | None:
+        """op.fetch_list, else local_service_conf.fetch_list, else every fetch of the model."""
+        conf = self.config.local_service_conf
+        return self.config.fetch_list or (conf.fetch_list if conf else None)
 
     def postprocess(self, input_dicts: dict[str, dict], fetch_dict: dict, data_id: int = 0, log_id: int = 0) -> tuple:
         """Default: the fetch dict as the result. Returns (result_dict, prod_errcode, prod_errinfo)."""
@@ -82,15 +93,38 @@ class Op:
                 raise
             except Exception as exc:
                 raise InitError(f"op {self.name}: cannot create the predictor: {exc}") from exc
+            if self.batching:
+                conf = self.config.local_service_conf
+                self._batcher = Batcher(lambda feed: self.predictor.predict(feed, self.fetch_names),
+                                        max_requests=self.config.batch_size,
+                                        max_rows=conf.max_batch_size if conf and not self.remote else 1 << 20,
+                                        timeout_s=self.config.auto_batching_timeout / 1000,
+                                        workers=self.config.concurrency)
         self.init_op()
+
+    @property
+    def batching(self) -> bool:
+        """Paddle Serving merges requests when batch_size > 1 and auto_batching_timeout > 0."""
+        return self.config.batch_size > 1 and self.config.auto_batching_timeout > 0
+
+    @property
+    def threads(self) -> int:
+        """Requests this op works on at once: enough to fill `concurrency` batches when batching."""
+        return self.config.concurrency * (self.config.batch_size if self.batching else 1)
+
+    def stop(self) -> None:
+        """Release the batcher's loops."""
+        if self._batcher is not None:
+            self._batcher.close()
 
     @property
     def has_model(self) -> bool:
         """Ops without a model (no local_service_conf) skip process(), as in Paddle Serving."""
         return self.predictor is not None
 
-    def run(self, input_dicts: dict[str, dict], data_id: int, log_id: int) -> dict:
+    def run(self, input_dicts: dict[str, dict], data_id: int, log_id: int, deadline: float | None = None) -> dict:
         """preprocess -> process -> postprocess for one request, turning product error codes into errors."""
+        self._request.deadline = deadline if deadline is not None else time.monotonic() + 3600
         feed, skip, code, info = _unpack(self.preprocess(input_dicts, data_id, log_id), 4, self.name, "preprocess")
         _raise_product_error(self.name, "preprocess", code, info)
         fetch = feed

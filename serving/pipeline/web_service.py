@@ -43,10 +43,10 @@ def _warn_inert_settings(config: ServiceConfig, dag: Dag) -> None:
     if config.build_dag_each_worker or not config.dag.is_thread_op:
         log.info("ops run as threads in this process (build_dag_each_worker / is_thread_op: false are accepted "
                  "for compatibility; concurrency sets each op's threads)")
-    batching = [op.name for op in dag.ops if op.config.batch_size > 1]
-    if batching:
-        log.warning("ops %s: batch_size > 1 (merging requests) is not implemented yet; each request runs as its "
-                    "own batch", batching)
+    unbatched = [op.name for op in dag.ops if op.config.batch_size > 1 and not op.batching]
+    if unbatched:
+        log.warning("ops %s: batch_size > 1 without auto_batching_timeout > 0 merges nothing (Paddle Serving's "
+                    "rule); set auto_batching_timeout in ms", unbatched)
 
 
 class WebService:
