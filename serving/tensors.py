@@ -1,7 +1,6 @@
 """numpy <-> GeneralModelService `Tensor`: shared by the brpc client and the model server."""
 
 import base64
-from collections.abc import Sequence
 from enum import IntEnum
 
 import numpy as np
@@ -38,7 +37,7 @@ ELEM_TYPE_OF = {dtype: elem for elem, (dtype, _) in REPEATED.items()} | {
 # The numpy dtype a config's feed_type asks for (BF16 has no numpy dtype; STRING is not numeric).
 DTYPE_OF = {elem: dtype for dtype, elem in ELEM_TYPE_OF.items()}
 
-TensorValue = np.ndarray | bytes | str | Sequence[bytes | str]
+TensorValue = np.ndarray | bytes | str | list[bytes | str]
 
 
 def to_tensor(name: str, alias: str, value: TensorValue) -> Tensor:
