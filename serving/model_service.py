@@ -79,12 +79,14 @@ class ModelService:
 def rpc_service(service: ModelService) -> RpcService:
     """baidu_std binding: `inference` and `debug` (the same call, as far as clients can tell)."""
 
-    def call(payload: bytes, attachment: bytes) -> tuple[bytes, bytes]:
+    def call(payload: bytes, attachment: bytes, log_id: int) -> tuple[bytes, bytes]:
         request = gm.Request()
         try:
             request.ParseFromString(payload)
         except DecodeError as exc:
             raise PayloadError(f"payload is not a GeneralModelService Request: {exc}") from None
+        if not request.log_id and log_id > 0:
+            request.log_id = log_id  # brpc clients may set it only in RpcMeta
         return service.infer(request).SerializeToString(), b""
 
     return RpcService(SERVICE_NAME, {"inference": call, "debug": call})

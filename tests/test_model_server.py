@@ -60,10 +60,10 @@ class Connection:
         self.pending: list = []
 
     def send(self, request: gm.Request | bytes, correlation_id: int = 1, service: str = SERVICE,
-             method: str = "inference", compress_type: int = 0, timeout_ms: int = 0) -> None:
+             method: str = "inference", compress_type: int = 0, log_id: int = 0, timeout_ms: int = 0) -> None:
         meta = RpcMeta(correlation_id=correlation_id, compress_type=compress_type)
         meta.request.service_name, meta.request.method_name = service, method
-        meta.request.timeout_ms = timeout_ms
+        meta.request.log_id, meta.request.timeout_ms = log_id, timeout_ms
         payload = request if isinstance(request, bytes) else request.SerializeToString()
         self.sock.sendall(encode_frame(meta, compress(payload, compress_type)))
 
@@ -103,9 +103,9 @@ def test_baidu_std_tensor_and_image_feeds_match_in_process(server: ModelServer, 
     meta, response = connection.receive()
     assert (meta.correlation_id, meta.response.error_code, response.log_id) == (5, 0, 11)
     np.testing.assert_allclose(output(response), reference, atol=1e-5)
-    connection.send(image_request(photo_bytes(), log_id=12), correlation_id=6, service="GeneralModelService")
+    connection.send(image_request(photo_bytes()), correlation_id=6, service="GeneralModelService", log_id=12)
     meta, response = connection.receive()
-    assert meta.correlation_id == 6
+    assert (meta.correlation_id, response.log_id) == (6, 12)
     np.testing.assert_allclose(output(response), reference, atol=1e-5)
 
 
@@ -156,6 +156,14 @@ def test_brpc_error_codes(server: ModelServer, kwargs: dict, code: int, text: st
     assert meta.response.error_code == code and text in meta.response.error_text
     connection.send(image_request(photo_bytes()[:1]), correlation_id=2)
     assert connection.receive()[1].err_no == 0
+
+
+def test_timeout_ms_is_honoured(server: ModelServer) -> None:
+    connection = Connection(server.port)
+    connection.send(image_request(photo_bytes() * 4), timeout_ms=1)
+    meta, _ = connection.receive()
+    assert meta.response.error_code == 1008 and "timeout_ms 1" in meta.response.error_text
+    good_request_works(server)
 
 
 def test_payload_that_does_not_parse(server: ModelServer) -> None:

@@ -13,8 +13,8 @@ from serving.protocols.http1 import HttpError, read_request, write_response
 
 log = logging.getLogger("serving.brpc")
 
-# A method takes the decompressed payload and attachment; returns the response payload and attachment.
-Method = Callable[[bytes, bytes], tuple[bytes, bytes]]
+# A method takes the decompressed payload, the attachment and the meta's log_id; returns payload and attachment.
+Method = Callable[[bytes, bytes, int], tuple[bytes, bytes]]
 # An HTTP route takes the body; returns (status, JSON body).
 Route = Callable[[bytes], tuple[int, bytes]]
 
@@ -142,7 +142,8 @@ class BrpcServer:
                            f"it has {sorted(service.methods)}")
         try:
             payload = baidu_std.decompress(frame.payload, frame.meta.compress_type, self.limits.max_body_bytes)
-            running = asyncio.get_running_loop().run_in_executor(self.pool, method, payload, frame.attachment)
+            running = asyncio.get_running_loop().run_in_executor(self.pool, method, payload, frame.attachment,
+                                                                  request.log_id)
             timeout = request.timeout_ms / 1000 if request.timeout_ms > 0 else None
             return await asyncio.wait_for(running, timeout)
         except PayloadError as exc:
