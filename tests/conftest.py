@@ -25,6 +25,16 @@ def photo_bytes() -> list[bytes]:
     return [(IMAGES / name).read_bytes() for name in ("daisy.jpg", "n01440764_10026.JPEG")]
 
 
+@pytest.fixture(scope="session")
+def squeezenet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SqueezeNet1_1 export (random weights, seed 0) shared by the serving tests; treat it as read-only."""
+    from export.exporter import ExportRequest, export
+
+    out = tmp_path_factory.mktemp("shared_export") / "SqueezeNet1_1"
+    export(ExportRequest(model="SqueezeNet1_1", out=out, random_init=0))
+    return out
+
+
 @pytest.fixture
 def run_cli(capsys: pytest.CaptureFixture):
     """Run `python -m export` in-process; return (exit code, stdout, stderr)."""

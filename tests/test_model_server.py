@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from export import inference_io
-from export.exporter import ExportRequest, export
 from serving.model_card import load_card
 from serving.model_server import ModelServer, build_service, parse_args
 from serving.proto import general_model_service_pb2 as gm
@@ -27,10 +26,8 @@ SERVICE = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("model_server") / "SqueezeNet1_1"
-    export(ExportRequest(model="SqueezeNet1_1", out=out, random_init=0))
-    return out / "serving_server"
+def model_dir(squeezenet_root: Path) -> Path:
+    return squeezenet_root / "serving_server"
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import pytest
 from paddle import inference
 
 from export import inference_io
-from export.exporter import ExportRequest, export
 from serving.config import LocalServiceConf
 from serving.errors import ConfigError, InferenceError, InitError, InputError
 from serving.model_config import FLOAT32, SERVER_CONF, VarSpec, build_config, read_config, write_config
@@ -22,11 +21,9 @@ IMAGE = (3, 224, 224)
 
 
 @pytest.fixture(scope="module")
-def server_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def server_dir(squeezenet_root: Path) -> Path:
     """A real SqueezeNet1_1 serving_server folder (random weights): feed x, fetch alias prediction."""
-    out = tmp_path_factory.mktemp("predictor") / "m"
-    export(ExportRequest(model="SqueezeNet1_1", out=out, random_init=0))
-    return out / "serving_server"
+    return squeezenet_root / "serving_server"
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from export.exporter import ExportRequest, export
 from pipelines.web_service import ImageService
 from serving.errors import ConfigError
 from serving.model_server import ModelServer, build_service, parse_args
@@ -16,10 +15,8 @@ from tests.conftest import photo_bytes
 
 
 @pytest.fixture(scope="module")
-def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("remote") / "SqueezeNet1_1"
-    export(ExportRequest(model="SqueezeNet1_1", out=out, random_init=0))
-    return out
+def model_root(squeezenet_root: Path) -> Path:
+    return squeezenet_root
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import yaml
 
 from clients import PipelineClient
 from export import inference_io
-from export.exporter import ExportRequest, export
 from pipelines.web_service import ImageService
 from serving.model_card import load_card
 from serving.proto import pipeline_service_pb2 as pb
@@ -31,10 +30,8 @@ ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("served") / "SqueezeNet1_1"
-    export(ExportRequest(model="SqueezeNet1_1", out=out, random_init=0))
-    return out / "serving_server"
+def model_dir(squeezenet_root: Path) -> Path:
+    return squeezenet_root / "serving_server"
 
 
 def service_config(model_dir: Path, **op: object) -> dict:
