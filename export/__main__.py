@@ -15,20 +15,20 @@ from export.errors import ExportError  # noqa: E402
 from export.exporter import DEFAULT_LABELS, ExportRequest, ExportResult, export  # noqa: E402
 from export.models import MODELS, UnknownModelError  # noqa: E402
 
-STEPS = 6
+STEPS = 6  # one more with --onnx
 
 
 class StepPrinter:
     """Numbered step lines on stderr, each closed with its duration: the slow steps show progress."""
 
-    def __init__(self) -> None:
+    def __init__(self, steps: int) -> None:
         self.started = self.step_started = time.monotonic()
-        self.step = 0
+        self.step, self.steps = 0, steps
 
     def __call__(self, description: str) -> None:
         self.finish()
         self.step += 1
-        print(f"[{self.step}/{STEPS}] {description} ...", end="", file=sys.stderr, flush=True)
+        print(f"[{self.step}/{self.steps}] {description} ...", end="", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         """Close the open step line with its duration."""
@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS,
                         help="label file, one '<id> <name>' per class (default: ImageNet-1k)")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also write serving_server/inference.onnx (paddle2onnx) for the ONNX Runtime engine")
     return parser.parse_args(argv)
 
 
@@ -83,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     request = ExportRequest(model=args.model, out=args.out, weights=args.weights,
                             inference_model=args.inference_model, random_init=args.random_init,
-                            num_classes=args.num_classes, labels=args.labels, force=args.force)
-    progress = StepPrinter()
+                            num_classes=args.num_classes, labels=args.labels, force=args.force,
+                            onnx=args.onnx)
+    progress = StepPrinter(STEPS + int(args.onnx))
     try:
         result = export(request, progress)
     except (ExportError, UnknownModelError) as exc:

@@ -54,6 +54,7 @@ class CardFacts:
     fetch_name: str
     parity_max_abs_diff: float
     provenance: Provenance
+    onnx: bool = False
 
 
 def build_card(spec: ModelSpec, facts: CardFacts) -> dict:
@@ -68,6 +69,7 @@ def build_card(spec: ModelSpec, facts: CardFacts) -> dict:
         "preprocessing": spec.preprocessing(),
         "postprocessing": {"topk": TOP_K, "score_decimals": 5},
         "labels": LABELS_FILE,
+        "engines": ["paddle", "onnxruntime"] if facts.onnx else ["paddle"],
         "params": facts.params,
         "flops": facts.flops,
         "published": {"params_m": spec.published_params_m, "flops_g": spec.published_flops_g},

@@ -10,7 +10,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from export import calibration, checkpoint, inference_io
+from export import calibration, checkpoint, inference_io, onnx_export
 from export.card import LABELS_FILE, CardFacts, Provenance, build_card, write_card
 from export.errors import ExportError, LabelsError, OutputError, ParityError
 from export.models import ModelSpec, get_spec
@@ -38,6 +38,7 @@ class ExportRequest:
     num_classes: int = 1000
     labels: Path = DEFAULT_LABELS
     force: bool = False
+    onnx: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,13 +91,16 @@ def make_network(request: ExportRequest, spec: ModelSpec) -> tuple[nn.Layer, Pro
 
 
 def self_check(exported: nn.Layer, server_dir: Path, spec: ModelSpec, source: Path | None) -> tuple[float, str]:
-    """Max |probability difference| between `exported` and its inference program (and the source model)."""
+    """Max |probability difference| between `exported` and its program (and ONNX twin, and source model)."""
     batch = calibration.synthetic_images(PARITY_BATCH, spec.crop_size, PARITY_SEED)
     predictor = inference_io.create_predictor(server_dir)
     served = inference_io.run(predictor, batch)[0]
     with paddle.no_grad():
         expected = exported(paddle.to_tensor(batch)).numpy()
     diff = float(np.abs(served - expected).max())
+    onnx_file = server_dir / onnx_export.ONNX_FILE
+    if onnx_file.is_file():
+        diff = max(diff, float(np.abs(onnx_export.run_onnx(onnx_file, batch) - expected).max()))
     if source is not None:
         diff = max(diff, float(np.abs(served - _as_probabilities(_run_source(source, batch))).max()))
     if not diff <= PARITY_TOLERANCE:
@@ -164,12 +168,15 @@ def _export_into(staging: Path, request: ExportRequest, spec: ModelSpec, progres
     exported.eval()
     progress("saving the inference program")
     inference_io.save_program(exported, staging / "serving_server", spec.crop_size)
+    if request.onnx:
+        progress("converting to ONNX (paddle2onnx)")
+        onnx_export.convert(staging / "serving_server")
     progress("self-check through paddle.inference")
     diff, fetch_name = self_check(exported, staging / "serving_server", spec, request.inference_model)
     progress("writing configs, labels and model card")
     write_model_configs(staging, spec, request.num_classes, fetch_name)
     shutil.copyfile(request.labels, staging / LABELS_FILE)
-    card = build_card(spec, CardFacts(request.num_classes, params, flops, fetch_name, diff, provenance))
+    card = build_card(spec, CardFacts(request.num_classes, params, flops, fetch_name, diff, provenance, request.onnx))
     write_card(card, staging)
     return ExportResult(params, flops, diff, card)
 

@@ -17,6 +17,7 @@ from serving.model_config import CLIENT_CONF, SERVER_CONF
 CLIENT_TYPES = ("local_predictor", "brpc", "grpc")
 SUPPORTED_DEVICE_TYPES = {-1: "from devices", 0: "CPU", 1: "GPU", 2: "TensorRT"}
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+ENGINES = ("auto", "paddle", "onnxruntime")
 
 
 def _require(condition: bool, path: str, value: object, allowed: str) -> None:
@@ -47,9 +48,11 @@ class LocalServiceConf:
     max_batch_size: int = 32
     trt_workspace_mb: int = 1024
     trt_cache_dir: str = ""
+    engine: str = "auto"
 
     def validate(self, path: str) -> None:
         """Value ranges and the contradictions Paddle Serving only found at first request."""
+        _require(self.engine in ENGINES, f"{path}.engine", self.engine, f"one of {', '.join(ENGINES)}")
         _require(bool(self.model_config), f"{path}.model_config", self.model_config,
                  "set it to the exported serving_server folder")
         _require(self.client_type in CLIENT_TYPES, f"{path}.client_type", self.client_type,

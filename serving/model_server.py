@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--use_trt", action="store_true", help="TensorRT (needs --gpu_ids)")
     parser.add_argument("--precision", default="fp32", help="fp32, fp16, int8 (GPU/TRT) or bf16 (CPU oneDNN)")
     parser.add_argument("--use_mkldnn", action="store_true", help="oneDNN on CPU")
+    parser.add_argument("--engine", default="auto", choices=("auto", "paddle", "onnxruntime"),
+                        help="auto: ONNX Runtime on CPU when the export has inference.onnx, else Paddle Inference")
     parser.add_argument("--cpu_threads", type=int, default=2, help="math threads per CPU predictor")
     parser.add_argument("--ir_optim", action="store_true", help="graph optimisation passes")
     memory = parser.add_mutually_exclusive_group()
@@ -63,7 +65,8 @@ def build_service(args: argparse.Namespace) -> ModelService:
         raise ConfigError(f"--model {args.model}: no {SERVER_CONF} there; export one with python -m export")
     conf = LocalServiceConf(model_config=str(folder), device_type=2 if args.use_trt else (1 if args.gpu_ids else 0),
                             devices=args.gpu_ids, thread_num=args.cpu_threads, mem_optim=args.mem_optim,
-                            ir_optim=args.ir_optim, precision=args.precision, use_mkldnn=args.use_mkldnn)
+                            ir_optim=args.ir_optim, precision=args.precision, use_mkldnn=args.use_mkldnn,
+                            engine=args.engine)
     conf.validate("--flags")
     model_config = read_config(folder / SERVER_CONF)
     predictor = LocalPredictor(settings_from_conf(conf, model_config, path="--flags"), model_config,

@@ -16,6 +16,7 @@ from export.calibration import random_network
 from export.card import CARD_FILE
 from export.exporter import ExportRequest, export
 from export.models import get_spec
+from export.onnx_export import ONNX_FILE, run_onnx
 from serving.model_config import CLIENT_CONF, SERVER_CONF, stream_path
 from serving.preprocess import Transforms
 from serving.proto.general_model_config_pb2 import GeneralModelConfig
@@ -50,10 +51,10 @@ def leftovers(parent: Path) -> list[str]:
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
 def test_export_parity_through_paddle_inference(model: str, tmp_path: Path) -> None:
-    """Batch 1 and 2: probabilities within 1e-4, logits within 1e-5 of their scale."""
+    """Batch 1 and 2: probabilities within 1e-4, logits within 1e-5 of their scale; ONNX Runtime agrees to 1e-5."""
     out = tmp_path / model
-    result = export(ExportRequest(model=model, out=out, random_init=0))
-    assert result.parity_max_abs_diff <= 1e-4
+    result = export(ExportRequest(model=model, out=out, random_init=0, onnx=True))
+    assert result.parity_max_abs_diff <= 1e-4 and result.card["engines"] == ["paddle", "onnxruntime"]
     network = random_network(get_spec(model), 1000, seed=0)
     batch = photos(model)
     for size in (1, 2):
@@ -61,6 +62,7 @@ def test_export_parity_through_paddle_inference(model: str, tmp_path: Path) -> N
         assert served.shape == (size, 1000)
         np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-5)
         assert np.abs(served - softmax(dygraph(network, batch[:size]))).max() <= 1e-4
+        assert np.abs(run_onnx(out / "serving_server" / ONNX_FILE, batch[:size]) - served).max() <= 1e-5
     logits_dir = tmp_path / "logits"
     inference_io.save_program(network, logits_dir, get_spec(model).crop_size)
     served_logits, expected_logits = predict(logits_dir, batch), dygraph(network, batch)

@@ -344,3 +344,28 @@ def test_model_config_must_match_the_program(make_conf: Callable[..., LocalServi
     config.feed_var[0].feed_type = 20
     with pytest.raises(InitError, match="feed_type 20"):
         LocalPredictor(settings_from_conf(make_conf(), config), config)
+
+
+def test_onnx_runtime_engine_matches_paddle(tmp_path: Path) -> None:
+    from export.exporter import ExportRequest, export
+
+    out = tmp_path / "with_onnx"
+    export(ExportRequest(model="SqueezeNet1_1", out=out, random_init=0, onnx=True))
+    server = out / "serving_server"
+    model_config = read_config(server / SERVER_CONF)
+    auto = LocalServiceConf(model_config=str(server), max_batch_size=4)
+    settings = settings_from_conf(auto, model_config)
+    assert settings.engine == "onnxruntime"
+    paddle_conf = LocalServiceConf(model_config=str(server), max_batch_size=4, engine="paddle")
+    assert settings_from_conf(paddle_conf, model_config).engine == "paddle"
+    x = np.random.RandomState(3).randn(3, *IMAGE).astype(np.float32)
+    ort = LocalPredictor(settings, model_config, pool_size=2).predict({"x": x})["prediction"]
+    native = LocalPredictor(settings_from_conf(paddle_conf, model_config), model_config).predict({"x": x})
+    np.testing.assert_allclose(ort, native["prediction"], atol=1e-5)
+
+
+def test_onnx_runtime_engine_needs_the_onnx_file(make_conf: Callable[..., LocalServiceConf],
+                                                 model_config: GeneralModelConfig) -> None:
+    with pytest.raises(ConfigError, match=r"engine = 'onnxruntime': no inference\.onnx in .*; export with --onnx"):
+        settings_from_conf(make_conf(engine="onnxruntime"), model_config)
+    assert settings_from_conf(make_conf(), model_config).engine == "paddle"

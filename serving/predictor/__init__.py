@@ -8,8 +8,12 @@ __all__ = ["LocalPredictor", "PredictorSettings", "RemotePredictor", "apply_sett
 
 def __getattr__(name: str) -> object:
     """Load Paddle only when the predictor itself is used, so settings stay cheap to import and check."""
-    if name in ("LocalPredictor", "apply_settings"):
-        from serving.predictor import paddle_predictor
+    if name == "LocalPredictor":
+        from serving.predictor.local import LocalPredictor
 
-        return getattr(paddle_predictor, name)
+        return LocalPredictor
+    if name == "apply_settings":
+        from serving.predictor.paddle_predictor import apply_settings
+
+        return apply_settings
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,7 @@ from serving.proto.general_model_config_pb2 import GeneralModelConfig
 
 DEVICES = ("cpu", "gpu", "tensorrt")
 TRT_CACHE_FOLDER = "_trt_cache"
+ONNX_FILE = "inference.onnx"
 DEFAULT_GPU_MEMORY_MB = 1000
 
 ShapeRange = tuple[list[int], list[int], list[int]]
@@ -40,6 +41,13 @@ class PredictorSettings:
     dynamic_shapes: dict[str, ShapeRange] = field(default_factory=dict)
     trt_cache_dir: Path = Path(TRT_CACHE_FOLDER)
     gpu_memory_mb: int = DEFAULT_GPU_MEMORY_MB
+    engine: str = "paddle"
+
+
+def summary(exc: BaseException, limit: int = 300) -> str:
+    """Engines' errors span many lines (Paddle's may start with 'In user code:'): keep the first telling one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and line.strip() != "In user code:"]
+    return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
 def _fail(path: str, value: object, allowed: str) -> None:
@@ -91,6 +99,18 @@ def dynamic_shapes(model_config: GeneralModelConfig, max_batch_size: int, info: 
     return shapes
 
 
+def engine_of(conf: LocalServiceConf, device: str, path: str) -> str:
+    """`auto` is ONNX Runtime on CPU when the export has an ONNX file (measured faster or equal), else Paddle."""
+    has_onnx = (Path(conf.model_config) / ONNX_FILE).is_file()
+    if conf.engine == "auto":
+        return "onnxruntime" if device == "cpu" and has_onnx else "paddle"
+    if conf.engine == "onnxruntime" and device != "cpu":
+        _fail(f"{path}.engine", conf.engine, "ONNX Runtime runs on CPU here; GPU and TensorRT use engine paddle")
+    if conf.engine == "onnxruntime" and not has_onnx:
+        _fail(f"{path}.engine", conf.engine, f"no {ONNX_FILE} in {conf.model_config}; export with --onnx")
+    return conf.engine
+
+
 def check_against_model(conf: LocalServiceConf, model_config: GeneralModelConfig, path: str) -> None:
     """The checks that need the model config or combine keys config.py checks one by one."""
     known = {var.alias_name for var in model_config.fetch_var} | {var.name for var in model_config.fetch_var}
@@ -132,4 +152,5 @@ def settings_from_conf(conf: LocalServiceConf, model_config: GeneralModelConfig,
         max_batch_size=conf.max_batch_size,
         dynamic_shapes=shapes,
         trt_cache_dir=Path(conf.trt_cache_dir) if conf.trt_cache_dir else model_dir / TRT_CACHE_FOLDER,
+        engine=engine_of(conf, device, path),
     )
