@@ -1,0 +1,185 @@
+"""Top-1/top-5 of a served model on a labelled image list, checked image by image against local prediction.
+
+    python -m serving.eval --model models/SqueezeNet1_1 --images DIR --list val_list.txt \\
+        --via local|http|grpc|brpc [--url ...] [--endpoint host:port]
+
+`val_list.txt` is PaddleClas's format: `relative/path label` per line. http and grpc go to the
+pipeline (which must answer top-5: set `topk: 5` on its op); brpc goes to the model server.
+"""
+
+import argparse
+import ast
+import base64
+import json
+import sys
+import urllib.request
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from serving.model_card import load_card
+from serving.model_config import CLIENT_CONF, SERVER_CONF, read_config
+
+TOP_K = 5
+PROB_TOLERANCE = 1e-4
+# One prediction: the top-5 label names and their probabilities, best first.
+Prediction = tuple[list[str], list[float]]
+
+
+@dataclass
+class Tally:
+    """Running counts for the metric table and the local-vs-served check."""
+
+    images: int = 0
+    top1: int = 0
+    top5: int = 0
+    mismatches: list[str] = field(default_factory=list)
+
+
+def read_list(path: Path) -> list[tuple[str, int]]:
+    """PaddleClas's val_list.txt: `relative/path label` per line."""
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            name, _, label = line.rpartition(" ")
+            if not name or not label.strip().isdigit():
+                raise ValueError(f"{path}:{number}: expected 'relative/path label', got {line!r}")
+            entries.append((name.strip(), int(label)))
+    return entries
+
+
+def local_predictor(model_root: Path) -> Callable[[bytes], Prediction]:
+    """In-process prediction with the same preprocessing and engine choice as the services."""
+    from serving.config import LocalServiceConf
+    from serving.predictor import LocalPredictor, settings_from_conf
+
+    server = model_root / "serving_server"
+    card, model_config = load_card(server), read_config(server / SERVER_CONF)
+    predictor = LocalPredictor(settings_from_conf(LocalServiceConf(model_config=str(server)), model_config),
+                               model_config)
+
+    def predict(data: bytes) -> Prediction:
+        probs = predictor.predict({"x": card.transforms(data)[None]})["prediction"][0]
+        return top_k(probs, card.labels)
+
+    return predict
+
+
+def top_k(probs: np.ndarray, labels: list[str]) -> Prediction:
+    """PaddleClas's ranking (argsort, best first) with its comma-free label names."""
+    order = np.argsort(probs)[::-1][:TOP_K]
+    return [labels[i].replace(",", "") for i in order], [float(probs[i]) for i in order]
+
+
+def pipeline_answer(keys: list[str], values: list[str]) -> Prediction:
+    """The pipeline's top-k fields (op setting `topk: 5`) for one image."""
+    result = dict(zip(keys, values, strict=True))
+    if "topk_label" not in result:
+        raise SystemExit("error: the pipeline answers top-1 only; set `topk: 5` on its op in config.yml")
+    return ast.literal_eval(result["topk_label"])[0], ast.literal_eval(result["topk_prob"])[0]
+
+
+def http_predictor(url: str) -> Callable[[bytes], Prediction]:
+    """The pipeline's RESTful API."""
+    def predict(data: bytes) -> Prediction:
+        body = json.dumps({"key": ["image"], "value": [base64.b64encode(data).decode()]}).encode()
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=60) as answer:
+            reply = json.loads(answer.read())
+        if reply["err_no"] != 0:
+            raise RuntimeError(f"err_no {reply['err_no']}: {reply['err_msg']}")
+        return pipeline_answer(reply["key"], reply["value"])
+
+    return predict
+
+
+def grpc_predictor(endpoint: str) -> Callable[[bytes], Prediction]:
+    """The pipeline's gRPC PipelineService."""
+    from clients import PipelineClient
+
+    client = PipelineClient()
+    client.connect([endpoint])
+
+    def predict(data: bytes) -> Prediction:
+        reply = client.predict({"image": base64.b64encode(data).decode()})
+        if reply.err_no != 0:
+            raise RuntimeError(f"err_no {reply.err_no}: {reply.err_msg}")
+        return pipeline_answer(list(reply.key), list(reply.value))
+
+    return predict
+
+
+def brpc_predictor(endpoint: str, model_root: Path) -> Callable[[bytes], Prediction]:
+    """The model server's GeneralModelService: the full probability vector comes back."""
+    from clients.brpc_client import Client
+
+    labels = load_card(model_root / "serving_server").labels
+    client = Client()
+    client.load_client_config(model_root / "serving_client" / CLIENT_CONF)
+    client.connect([endpoint])
+    return lambda data: top_k(client.predict(feed={"x": data}, fetch=["prediction"])["prediction"][0], labels)
+
+
+def same(local: Prediction, served: Prediction) -> bool:
+    """Same top-1 label and top-1 probability within tolerance (rounding of the wire format aside)."""
+    return local[0][0] == served[0][0] and abs(local[1][0] - served[1][0]) <= PROB_TOLERANCE
+
+
+def evaluate(entries: list[tuple[str, int]], images: Path, labels: list[str], local: Callable[[bytes], Prediction],
+             served: Callable[[bytes], Prediction] | None) -> Tally:
+    """Score every image; compare the served answer with the local one when serving."""
+    tally = Tally()
+    for name, label in tqdm(entries, desc="evaluating", unit="img", file=sys.stderr):
+        data = (images / name).read_bytes()
+        expected = local(data)
+        answer = expected if served is None else served(data)
+        if served is not None and not same(expected, answer):
+            tally.mismatches.append(f"{name}: local {expected[0][0]} {expected[1][0]:.5f}, "
+                                    f"served {answer[0][0]} {answer[1][0]:.5f}")
+        truth = labels[label].replace(",", "")
+        tally.images += 1
+        tally.top1 += answer[0][0] == truth
+        tally.top5 += truth in answer[0]
+    return tally
+
+
+def table(model: str, tally: Tally) -> str:
+    """The seed's metric-table layout."""
+    top1, top5 = tally.top1 / max(tally.images, 1), tally.top5 / max(tally.images, 1)
+    return f"| Model | Top1 | Top5 |\n|---|---|---|\n| {model} | {top1:.3f} | {top5:.3f} |"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Where the images are, and which path to evaluate."""
+    parser = argparse.ArgumentParser(prog="python -m serving.eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="exported model folder (holds serving_server/)")
+    parser.add_argument("--images", type=Path, required=True, help="image root the list is relative to")
+    parser.add_argument("--list", type=Path, required=True, help="val_list.txt: 'relative/path label' per line")
+    parser.add_argument("--via", choices=("local", "http", "grpc", "brpc"), default="local")
+    parser.add_argument("--url", default="http://127.0.0.1:18080/imagenet/prediction", help="pipeline REST URL")
+    parser.add_argument("--endpoint", help="host:port (default 127.0.0.1:9993 for grpc, 127.0.0.1:9292 for brpc)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the metric table and every local/served mismatch; exit 1 if there is any."""
+    warnings.filterwarnings("ignore", message="No ccache found")
+    args = parse_args(argv)
+    local = local_predictor(args.model)
+    served = {"local": lambda: None, "http": lambda: http_predictor(args.url),
+              "grpc": lambda: grpc_predictor(args.endpoint or "127.0.0.1:9993"),
+              "brpc": lambda: brpc_predictor(args.endpoint or "127.0.0.1:9292", args.model)}[args.via]()
+    card = load_card(args.model / "serving_server")
+    tally = evaluate(read_list(args.list), args.images, card.labels, local, served)
+    print(table(card.model, tally))
+    print(f"{tally.images} images via {args.via}; {len(tally.mismatches)} differ from local prediction")
+    for line in tally.mismatches:
+        print(f"  mismatch: {line}")
+    return 1 if tally.mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
