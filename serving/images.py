@@ -45,7 +45,12 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
 
 
 def decode_rgb(data: bytes, max_pixels: int) -> np.ndarray:
-    """Any 8/16-bit, gray, RGB or RGBA image -> RGB uint8 HWC, or an ImageDecodeError saying why not."""
+    """Any 8/16-bit, gray, RGB or RGBA image -> RGB uint8 HWC (a view of `decode_bgr`'s pixels)."""
+    return decode_bgr(data, max_pixels)[:, :, ::-1]
+
+
+def decode_bgr(data: bytes, max_pixels: int) -> np.ndarray:
+    """Any 8/16-bit, gray, RGB or RGBA image -> OpenCV's BGR uint8 HWC, or an ImageDecodeError saying why not."""
     if not data:
         raise ImageDecodeError("image is empty (0 bytes)")
     size = header_size(data)
@@ -58,4 +63,4 @@ def decode_rgb(data: bytes, max_pixels: int) -> np.ndarray:
         raise ImageDecodeError(f"input is not a decodable image (JPEG, PNG, BMP, WebP, ...; {len(data)} bytes, "
                                f"starting {data[:8].hex()})")
     _check_pixels(image.shape[1], image.shape[0], max_pixels)
-    return image[:, :, ::-1]
+    return image

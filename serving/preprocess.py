@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from serving.images import ImageDecodeError, decode_rgb
+from serving.images import ImageDecodeError, decode_bgr
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -43,13 +43,15 @@ class Transforms:
             raise ImageDecodeError(f"image {width}x{height} is too small for a {self.crop_size} crop")
         return image[top : top + self.crop_size, left : left + self.crop_size]
 
-    def normalize(self, image: np.ndarray) -> np.ndarray:
-        """uint8 HWC RGB -> normalized float32 CHW."""
-        scaled = image.astype(np.float32) * np.float32(self.scale)
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(((scaled - mean) / std).transpose(2, 0, 1))
+    def normalize(self, bgr: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 HWC BGR -> normalized float32 CHW RGB, written channel by channel into `out` (one pass each)."""
+        out = np.empty((3, *bgr.shape[:2]), dtype=np.float32) if out is None else out
+        for channel in range(3):
+            gain = np.float32(self.scale / self.std[channel])
+            np.multiply(bgr[:, :, 2 - channel], gain, out=out[channel], dtype=np.float32)
+            out[channel] -= np.float32(self.mean[channel] / self.std[channel])
+        return out
 
-    def __call__(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-        """Encoded image bytes -> the model's float32 [3, S, S] input."""
-        return self.normalize(self.resize_crop(decode_rgb(data, max_pixels)))
+    def __call__(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, out: np.ndarray | None = None) -> np.ndarray:
+        """Encoded image bytes -> the model's float32 [3, S, S] input, into `out` (e.g. a row of the batch)."""
+        return self.normalize(self.resize_crop(decode_bgr(data, max_pixels)), out)
