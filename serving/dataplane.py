@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.errors import ServiceNotFoundError, error_of
+from serving import metrics
+from serving.errors import InitError, ServiceNotFoundError, error_of
 
 log = logging.getLogger("serving.dataplane")
 
@@ -49,10 +50,25 @@ class PipelineResponse:
 
 
 class DataPlane:
-    """Routes a request to the service's DAG and turns every outcome into a PipelineResponse."""
+    """Routes a request to the service's DAG and turns every outcome into a PipelineResponse.
 
-    def __init__(self, service_name: str, run: Callable[[PipelineRequest], dict[str, str]]) -> None:
+    Front ends start before the models load (so /health answers); until `attach`, requests get
+    err_no 3003 and /ready is 503.
+    """
+
+    def __init__(self, service_name: str) -> None:
         self.service_name = service_name
+        self._run: Callable[[PipelineRequest], dict[str, str]] | None = None
+        self.metadata: dict = {}
+
+    @property
+    def ready(self) -> bool:
+        """True once the models are loaded and warmed up."""
+        return self._run is not None
+
+    def attach(self, run: Callable[[PipelineRequest], dict[str, str]], metadata: dict) -> None:
+        """Start answering: the DAG is built and warmed up."""
+        self.metadata = metadata
         self._run = run
 
     def check_route(self, name: str, method: str) -> None:
@@ -63,16 +79,23 @@ class DataPlane:
                 f"/{self.service_name}/{PREDICTION_METHOD} (gRPC: name={self.service_name!r})"
             )
 
-    def infer(self, request: PipelineRequest) -> PipelineResponse:
-        """Run one request; never raises."""
+    def infer(self, request: PipelineRequest, protocol: str) -> PipelineResponse:
+        """Run one request; never raises. Counts it in the metrics by protocol and err_no."""
         started = time.perf_counter()
+        metrics.INFLIGHT.inc(protocol=protocol)
         try:
             self.check_route(request.name, request.method)
+            if self._run is None:
+                raise InitError("the service is still loading its models; retry when GET /ready answers 200")
             response = PipelineResponse.from_result(self._run(request))
         except Exception as exc:  # every failure becomes err_no/err_msg; the server keeps serving
             response = PipelineResponse.from_error(exc)
             if response.err_no >= 10000:
                 log.exception("logid %s: unexpected error", request.logid)
-        log.debug("logid %s: err_no %s in %.1f ms", request.logid, response.err_no,
-                  (time.perf_counter() - started) * 1e3)
+        finally:
+            metrics.INFLIGHT.inc(-1, protocol=protocol)
+        elapsed = time.perf_counter() - started
+        metrics.REQUESTS.inc(protocol=protocol, err_no=response.err_no)
+        metrics.LATENCY.observe(elapsed, protocol=protocol)
+        log.info("logid %s %s err_no %s %.1f ms", request.logid, protocol, response.err_no, elapsed * 1e3)
         return response

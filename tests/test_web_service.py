@@ -171,14 +171,18 @@ def free_port() -> int:
 
 
 def wait_for(port: int, process: subprocess.Popen, seconds: float = 60) -> None:
+    """Until GET /ready answers 200: the port opens first, the models load after."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stderr.read()
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
         time.sleep(0.2)
-    raise TimeoutError(f"port {port} did not open")
+    raise TimeoutError(f"port {port} did not become ready")
 
 
 PADDLE_SERVING_STYLE = '''

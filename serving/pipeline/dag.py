@@ -76,6 +76,10 @@ class Dag:
             op.start(build_predictor)
             self._pools[op.name] = ThreadPoolExecutor(op.threads, thread_name_prefix=f"op-{op.name}")
 
+    def metadata(self) -> dict[str, dict]:
+        """Per op: its model's feeds, fetches and model card facts (GET /metadata)."""
+        return {op.name: op.metadata() for op in self.ops}
+
     def stop(self) -> None:
         """Let running ops finish; accept no more."""
         for pool in self._pools.values():

@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
+from serving import metrics
 from serving.batching import Batcher
 from serving.config import LimitsConfig, OpConfig
 from serving.errors import InitError, ProductError, ServingError, TypeCheckError
+from serving.model_card import CARD_FILE
 
 log = logging.getLogger("serving.pipeline")
 
@@ -54,7 +57,7 @@ class Op:
         """Run the model on the feed (merged with other requests' when batching); returns (fetch_dict, code, info)."""
         if self._batcher is not None:
             return self._batcher.predict(feed_batch[0], self._request.deadline), None, ""
-        return self.predictor.predict(feed_batch[0], self.fetch_names), None, ""
+        return self._predict(feed_batch[0]), None, ""
 
     @property
     def fetch_names(self) -> list[str] | None:
@@ -93,14 +96,39 @@ class Op:
                 raise
             except Exception as exc:
                 raise InitError(f"op {self.name}: cannot create the predictor: {exc}") from exc
+            if hasattr(self.predictor, "warm_up"):
+                self.predictor.warm_up()
             if self.batching:
                 conf = self.config.local_service_conf
-                self._batcher = Batcher(lambda feed: self.predictor.predict(feed, self.fetch_names),
+                self._batcher = Batcher(self._predict,
                                         max_requests=self.config.batch_size,
                                         max_rows=conf.max_batch_size if conf and not self.remote else 1 << 20,
                                         timeout_s=self.config.auto_batching_timeout / 1000,
                                         workers=self.config.concurrency)
         self.init_op()
+
+    def _timed(self, stage: str, started: float) -> float:
+        now = time.perf_counter()
+        metrics.STAGE.observe(now - started, op=self.name, stage=stage)
+        return now
+
+    def _predict(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The predictor call, with its batch size counted."""
+        metrics.BATCH.observe(len(next(iter(feed.values()))), op=self.name)
+        return self.predictor.predict(feed, self.fetch_names)
+
+    def metadata(self) -> dict:
+        """Feeds and fetches of this op's model, and its model card's facts, when it has a model."""
+        if not self.has_model:
+            return {}
+        info: dict = {"model_config": self.model_config, "remote": self.remote,
+                      "feeds": list(self.predictor.feed_names), "fetches": list(self.predictor.fetch_aliases)}
+        card = Path(self.model_config).parent / CARD_FILE
+        if card.is_file():
+            facts = yaml.safe_load(card.read_text(encoding="utf-8"))
+            info.update({key: facts.get(key) for key in ("model", "num_classes", "input", "preprocessing", "params",
+                                                          "flops", "weights", "paddle_version")})
+        return info
 
     @property
     def batching(self) -> bool:
@@ -123,17 +151,21 @@ class Op:
         return self.predictor is not None
 
     def run(self, input_dicts: dict[str, dict], data_id: int, log_id: int, deadline: float | None = None) -> dict:
-        """preprocess -> process -> postprocess for one request, turning product error codes into errors."""
+        """preprocess -> process -> postprocess for one request, timed per stage, product codes raised as errors."""
         self._request.deadline = deadline if deadline is not None else time.monotonic() + 3600
+        started = time.perf_counter()
         feed, skip, code, info = _unpack(self.preprocess(input_dicts, data_id, log_id), 4, self.name, "preprocess")
         _raise_product_error(self.name, "preprocess", code, info)
+        started = self._timed("preprocess", started)
         fetch = feed
         if not skip and self.has_model:
             fetch, code, info = _unpack(self.process([feed], log_id), 3, self.name, "process")
             _raise_product_error(self.name, "process", code, info)
+            started = self._timed("process", started)
         result, code, info = _unpack(self.postprocess(input_dicts, fetch, data_id, log_id), 3, self.name,
                                      "postprocess")
         _raise_product_error(self.name, "postprocess", code, info)
+        self._timed("postprocess", started)
         if not isinstance(result, dict):
             raise TypeCheckError(f"op {self.name}: postprocess must return a dict, got {type(result).__name__}")
         return result

@@ -76,13 +76,23 @@ class WebService:
         return self.config
 
     def start(self) -> "WebService":
-        """Build the DAG, start predictors and both front ends; returns at once (ports are then known)."""
+        """Start the front ends (live at once), then load and warm the models (ready); ports are known on return."""
         if self.config is None:
             raise ConfigError("call prepare_pipeline_config(...) before run_service()")
         self.dag = Dag(self.get_pipeline_response(RequestOp()), self.config)
-        _warn_inert_settings(self.config, self.dag)
-        self.dag.start(lambda op: build_predictor(op, self.config))
-        dataplane = DataPlane(self.name, self.dag.run)
+        dataplane = DataPlane(self.name)
+        self._start_front_ends(dataplane)
+        try:
+            _warn_inert_settings(self.config, self.dag)
+            self.dag.start(lambda op: build_predictor(op, self.config))
+        except BaseException:
+            self.stop()
+            raise
+        dataplane.attach(self.dag.run, {"service": self.name, "ops": self.dag.metadata()})
+        log.info("service %r ready: http_port %s, rpc_port %s", self.name, self.http_port, self.rpc_port)
+        return self
+
+    def _start_front_ends(self, dataplane: DataPlane) -> None:
         limits = self.config.limits
         if self.config.http_port is not None:
             server, self.http_port = start_http_server(dataplane, self.config.http_port, limits.max_body_bytes)
@@ -91,8 +101,6 @@ class WebService:
             server, self.rpc_port = start_grpc_server(dataplane, self.config.rpc_port, self.config.worker_num,
                                                       limits.max_body_bytes)
             self._servers.append(server)
-        log.info("service %r ready: http_port %s, rpc_port %s", self.name, self.http_port, self.rpc_port)
-        return self
 
     def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, release the predictors."""

@@ -67,6 +67,13 @@ class LocalPredictor:
                 raise InferenceError(f"inference failed on model {self._settings.model_dir}: {summary(exc)}") from exc
         return {var.alias_name: output for var, output in zip(wanted, outputs, strict=True)}
 
+    def warm_up(self) -> None:
+        """One zero batch through every pooled instance, so first requests do not pay for kernel selection."""
+        for _ in range(self._idle.qsize()):
+            feed = {var.alias_name: np.zeros((1, *[max(dim, 1) for dim in var.shape]), self._dtypes[var.name])
+                    for var in self._feeds}
+            self.predict(feed)
+
     @contextmanager
     def _lease(self) -> Iterator[Any]:
         """Check out an idle engine instance and always give it back, so errors never shrink the pool."""

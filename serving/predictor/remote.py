@@ -47,6 +47,16 @@ class RemotePredictor:
             self.brpc.load_client_config(client_config)
             self.brpc.connect(endpoints)
 
+    @property
+    def feed_names(self) -> list[str]:
+        """Feed aliases of the client config."""
+        return [var.alias_name for var in self.model_config.feed_var]
+
+    @property
+    def fetch_aliases(self) -> list[str]:
+        """Fetch aliases of the client config."""
+        return [var.alias_name for var in self.model_config.fetch_var]
+
     def predict(self, feed: dict[str, np.ndarray], fetch: list[str] | None = None) -> dict[str, np.ndarray]:
         """Same contract as LocalPredictor.predict; the server's err_no comes back as the same error code."""
         if self.protocol == "grpc":

@@ -23,7 +23,7 @@ class PipelineServicer(pb_grpc.PipelineServiceServicer):
             decoded = request_from_proto(request, context.peer())
         except InputError as exc:
             return response_to_proto(PipelineResponse.from_error(exc))
-        return response_to_proto(self.dataplane.infer(decoded))
+        return response_to_proto(self.dataplane.infer(decoded, "grpc"))
 
 
 def start_grpc_server(dataplane: DataPlane, port: int, workers: int, max_message_bytes: int) -> tuple[grpc.Server, int]:

@@ -6,6 +6,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from serving import metrics
 from serving.dataplane import DataPlane, PipelineResponse
 from serving.errors import InputError, ServiceNotFoundError
 from serving.protocols.pipeline_codec import request_from_json, response_to_json
@@ -49,7 +50,22 @@ class PipelineHandler(BaseHTTPRequestHandler):
         except (InputError, ServiceNotFoundError) as exc:
             self._send(HTTPStatus.OK, PipelineResponse.from_error(exc))
             return
-        self._send(HTTPStatus.OK, self.server.dataplane.infer(request))
+        self._send(HTTPStatus.OK, self.server.dataplane.infer(request, "http"))
+
+    def do_GET(self) -> None:
+        """Operations endpoints: /health (live), /ready (503 until the models are warm), /metadata, /metrics."""
+        dataplane = self.server.dataplane
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path == "/metrics":
+            self._send_raw(HTTPStatus.OK, metrics.render().encode(), "text/plain; version=0.0.4")
+        elif path in ("/health", "/ready", "/metadata"):
+            ready = dataplane.ready or path == "/health"
+            body = dataplane.metadata if path == "/metadata" else {"status": "ok" if ready else "loading"}
+            status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+            self._send_raw(status, json.dumps(body).encode(), "application/json")
+        else:
+            message = {"error": f"no GET {path}; try /health, /ready, /metadata, /metrics or POST /{{name}}/prediction"}
+            self._send_raw(HTTPStatus.NOT_FOUND, json.dumps(message).encode(), "application/json")
 
     def _read_body(self) -> bytes | None:
         """The body, or None after answering a missing or oversized Content-Length (and closing)."""
@@ -67,9 +83,11 @@ class PipelineHandler(BaseHTTPRequestHandler):
         return self.rfile.read(int(length))
 
     def _send(self, status: HTTPStatus, response: PipelineResponse) -> None:
-        data = json.dumps(response_to_json(response)).encode("utf-8")
+        self._send_raw(status, json.dumps(response_to_json(response)).encode("utf-8"), "application/json")
+
+    def _send_raw(self, status: HTTPStatus, data: bytes, content_type: str) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         if self.close_connection:
             self.send_header("Connection", "close")
