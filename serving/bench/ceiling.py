@@ -1,0 +1,34 @@
+"""`ceiling`: the most a server could do with its thread budget — decode, preprocess and predict in one process."""
+
+from pathlib import Path
+
+from serving.bench.models import ROOT, SAMPLE_IMAGE, run_worker
+from serving.bench.report import ceiling_markdown, write_outputs
+from serving.bench.servers import Budget
+from serving.bench.stats import rate, summarize
+from serving.config import LocalServiceConf
+from serving.predictor.settings import engine_of
+
+WARMUP_S = 1.0
+
+
+def resolved_budget(engine: str, workers: int, threads: int, server_dir: Path) -> Budget:
+    """Resolve `auto` the way the servers will (ONNX Runtime when the export has an ONNX file), so tables name it."""
+    conf = LocalServiceConf(model_config=str(server_dir), engine=engine)
+    return Budget(engine_of(conf, "cpu", "--engine"), workers, threads)
+
+
+def run_ceiling(model: str, server_dir: Path, budget: Budget, seconds: float) -> dict:
+    """`budget.workers` threads over a predictor pool of the same size, in a fresh process; p50s and images/s."""
+    spec = {"task": "ceiling", "server_dir": str(server_dir), "conf": budget.conf(), "workers": budget.workers,
+            "image": str(SAMPLE_IMAGE), "seconds": seconds, "warmup_s": min(WARMUP_S, seconds)}
+    raw = run_worker(spec)
+    stages = {stage: summarize(raw[f"{stage}_ms"]) for stage in ("preprocess", "predict", "total")}
+    return {"model": model, "engine": budget.engine, "workers": budget.workers, "threads": budget.threads,
+            "image": str(SAMPLE_IMAGE.relative_to(ROOT)), "seconds": seconds, "count": raw["count"],
+            "wall_s": raw["wall_s"], "images_per_s": rate(raw["count"], raw["wall_s"]), **stages}
+
+
+def write_ceiling(report: dict, out: Path) -> list[Path]:
+    """ceiling.json + ceiling.md in `out`."""
+    return write_outputs(out, "ceiling", report, ceiling_markdown(report))

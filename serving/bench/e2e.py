@@ -1,0 +1,95 @@
+"""`e2e`: the servers under closed-loop load per protocol and concurrency, against the in-process ceiling."""
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from serving.bench.load import LoadResult, Payloads, build_payloads, drive
+from serving.bench.models import SAMPLE_IMAGE
+from serving.bench.plots import write_plots
+from serving.bench.report import e2e_markdown, write_outputs
+from serving.bench.servers import Budget, running
+from serving.bench.stats import rate, summarize
+
+# What each server answers: HTTP and gRPC go to the pipeline; brpc and HTTP to the model server.
+TARGET_PROTOCOLS = {"pipeline": ("http", "grpc"), "model_server": ("brpc", "http")}
+PROTOCOLS = ("http", "grpc", "brpc")
+WARMUP_S = 1.0
+PLOTS_SKIPPED = "Plots skipped: matplotlib is not installed (it comes with the optional `bench` extra)."
+
+
+def plan(targets: list[str], protocols: list[str]) -> list[tuple[str, list[str]]]:
+    """(target, its protocols that were asked for), in target order; targets with none are left out."""
+    pairs = [(target, [p for p in TARGET_PROTOCOLS[target] if p in protocols]) for target in targets]
+    return [(target, chosen) for target, chosen in pairs if chosen]
+
+
+def result_row(where: tuple[str, str, int], result: LoadResult, images: int, ceiling_ips: float) -> dict:
+    """One table row: throughput, latency percentiles, errors and the share of the ceiling."""
+    target, protocol, concurrency = where
+    stats = summarize([latency * 1000 for latency in result.latencies_s])
+    requests_per_s = rate(len(result.latencies_s), result.wall_s)
+    return {"target": target, "protocol": protocol, "concurrency": concurrency,
+            "requests": len(result.latencies_s), "errors": len(result.errors),
+            "first_error": result.errors[0] if result.errors else "", "wall_s": result.wall_s,
+            "requests_per_s": requests_per_s, "images_per_s": requests_per_s * images,
+            "p50_ms": stats["median_ms"], "p90_ms": stats["p90_ms"], "p99_ms": stats["p99_ms"],
+            "mean_ms": stats["mean_ms"],
+            "ratio": requests_per_s * images / ceiling_ips if ceiling_ips > 0 else None}
+
+
+def _measure_protocol(where: tuple[str, str, str], payloads: Payloads, args: argparse.Namespace, ceiling_ips: float,
+                      bar: tqdm) -> list[dict]:
+    """Warm the server over this protocol (untimed), then one row per concurrency level."""
+    target, protocol, endpoint = where
+    bar.set_description(f"{target}/{protocol} warm-up")
+    drive(target, protocol, endpoint, payloads, max(args.workers, 2), min(WARMUP_S, args.seconds))
+    rows = []
+    for concurrency in args.concurrency:
+        bar.set_description(f"{target}/{protocol} c={concurrency}")
+        result = drive(target, protocol, endpoint, payloads, concurrency, args.seconds)
+        rows.append(result_row((target, protocol, concurrency), result, args.images, ceiling_ips))
+        bar.set_postfix_str(f"{rows[-1]['requests_per_s']:.1f} req/s, {rows[-1]['errors']} errors")
+        bar.update()
+    return rows
+
+
+def run_e2e(args: argparse.Namespace, server_dir: Path, budget: Budget, ceiling: dict) -> dict:
+    """Each target in turn (one server up at a time, so idle servers take no CPU); returns the e2e.json report."""
+    payloads = build_payloads(SAMPLE_IMAGE.read_bytes(), args.images, server_dir)
+    steps = plan(args.targets, args.protocols)
+    rows: list[dict] = []
+    total = sum(len(protocols) for _, protocols in steps) * len(args.concurrency)
+    with tqdm(total=total, unit="run", file=sys.stderr) as bar, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for target, protocols in steps:
+            bar.set_description(f"starting {target}")
+            with running(target, server_dir, budget, Path(tmp), max(args.concurrency)) as endpoints:
+                for protocol in protocols:
+                    rows += _measure_protocol((target, protocol, endpoints[protocol]), payloads, args,
+                                              ceiling["images_per_s"], bar)
+    return {
+        "settings": {"model": args.model, "engine": budget.engine, "workers": budget.workers,
+                     "threads": budget.threads, "seconds": args.seconds, "concurrency": args.concurrency,
+                     "images_per_request": args.images, "image": ceiling["image"],
+                     "load": "closed loop from one process; HTTP keep-alive and one gRPC channel per worker thread, "
+                             "brpc via predict_async on one event loop",
+                     "pipeline": f"op concurrency {budget.workers}, thread_num {budget.threads}, gRPC worker_num "
+                                 f"{max(args.concurrency)}",
+                     "model_server": f"--thread {budget.workers} --cpu_threads {budget.threads} --use_mkldnn "
+                                     "--ir_optim"},
+        "ceiling": ceiling,
+        "results": rows,
+    }
+
+
+def write_e2e(report: dict, out: Path) -> list[Path]:
+    """e2e.json + e2e.md, plus the two plots when matplotlib is installed (the md says when they were skipped)."""
+    out.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(report, out)
+    if plots is None:
+        print(f"note: {PLOTS_SKIPPED}", file=sys.stderr)
+    extra = f"\n{PLOTS_SKIPPED}\n" if plots is None else "".join(f"\n![{path.stem}]({path.name})\n" for path in plots)
+    return write_outputs(out, "e2e", report, e2e_markdown(report) + extra) + (plots or [])

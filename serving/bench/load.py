@@ -1,0 +1,209 @@
+"""Closed-loop load from this process: N workers each keep one request in flight on a reused connection."""
+
+import asyncio
+import base64
+import http.client
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from clients import PipelineClient
+from clients.brpc_client import Client
+from serving.model_config import read_config
+
+TIMEOUT_S = 60.0
+ERROR_PAUSE_S = 0.01  # after a failed call, so a dead server yields a bounded error count, not a busy loop
+PIPELINE_PATH = "/imagenet/prediction"
+MODEL_SERVER_PATH = "/GeneralModelService/inference"
+STRING = 20
+
+
+@dataclass
+class LoadResult:
+    """Latencies (s) of the answered requests, error texts, and the wall time of the measured window."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+class Caller(Protocol):
+    """One worker's connection: a call raises on any failure, err_no != 0 included."""
+
+    def __call__(self) -> None:
+        """One request and its answer."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+@dataclass(frozen=True)
+class Payloads:
+    """Every request body built once, so the workers spend no time encoding."""
+
+    pipeline_json: bytes
+    pipeline_feed: dict[str, str]
+    model_json: bytes
+    brpc_feed: dict[str, list[str]]
+    client_config: Path
+
+
+def build_payloads(image: bytes, images: int, server_dir: Path) -> Payloads:
+    """`images` copies of the JPEG per request, as base64 text, in each protocol's request shape."""
+    text = base64.b64encode(image).decode("ascii")
+    keys = ["image"] if images == 1 else [f"image_{i}" for i in range(images)]
+    client_config = server_dir.parent / "serving_client" / "serving_client_conf.prototxt"
+    feed = read_config(client_config).feed_var[0]
+    tensor = {"name": feed.name, "alias_name": feed.alias_name, "elem_type": STRING, "shape": [images],
+              "data": [text] * images}
+    return Payloads(
+        pipeline_json=json.dumps({"key": keys, "value": [text] * images}).encode(),
+        pipeline_feed=dict.fromkeys(keys, text),
+        model_json=json.dumps({"tensor": [tensor], "fetch_var_names": ["prediction"]}).encode(),
+        brpc_feed={feed.alias_name: [text] * images},
+        client_config=client_config,
+    )
+
+
+class HttpCaller:
+    """One keep-alive HTTP/1.1 connection; a non-200 status or err_no != 0 is an error."""
+
+    def __init__(self, endpoint: str, path: str, body: bytes) -> None:
+        host, port = endpoint.rsplit(":", 1)
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT_S)
+        self.path, self.body = path, body
+        self.headers = {"Content-Type": "application/json"}
+
+    def __call__(self) -> None:
+        """POST the prepared body and read the whole answer; a broken connection is closed and re-raised."""
+        try:
+            self.connection.request("POST", self.path, self.body, self.headers)
+            response = self.connection.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException):
+            self.connection.close()  # the next request reconnects
+            raise
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+        answer = json.loads(data)
+        if answer.get("err_no", 0) != 0:
+            raise RuntimeError(f"err_no {answer['err_no']}: {answer.get('err_msg', '')}")
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.connection.close()
+
+
+class GrpcCaller:
+    """One PipelineClient (its own channel) per worker."""
+
+    def __init__(self, endpoint: str, feed: dict[str, str]) -> None:
+        self.client = PipelineClient(timeout_s=TIMEOUT_S)
+        self.client.connect([endpoint])
+        self.feed = feed
+
+    def __call__(self) -> None:
+        """One PipelineService.inference call."""
+        response = self.client.predict(feed_dict=self.feed, fetch=["label", "prob"])
+        if response.err_no != 0:
+            raise RuntimeError(f"err_no {response.err_no}: {response.err_msg}")
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.client.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """An error's type and message, short enough to keep thousands of them."""
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def drive_threads(factory: Callable[[], Caller], concurrency: int, seconds: float) -> LoadResult:
+    """`concurrency` threads, each with its own caller: one untimed call, then all start together for `seconds`."""
+    callers = [factory() for _ in range(concurrency)]
+    result = LoadResult()
+    clock: dict[str, float] = {}
+    barrier = threading.Barrier(concurrency, action=lambda: clock.update(start=time.perf_counter()))
+
+    def loop(caller: Caller) -> None:
+        latencies, errors = [], []
+        try:
+            caller()
+        except Exception as exc:
+            errors.append(_describe(exc))
+        barrier.wait()
+        while (start := time.perf_counter()) < clock["start"] + seconds:
+            try:
+                caller()
+            except Exception as exc:
+                errors.append(_describe(exc))
+                time.sleep(ERROR_PAUSE_S)
+                continue
+            latencies.append(time.perf_counter() - start)
+        result.latencies_s.extend(latencies)
+        result.errors.extend(errors)
+
+    threads = [threading.Thread(target=loop, args=(caller,), daemon=True) for caller in callers]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for caller in callers:
+            caller.close()
+    result.wall_s = time.perf_counter() - clock.get("start", time.perf_counter())
+    return result
+
+
+async def _brpc_loop(client: Client, feed: dict, concurrency: int, seconds: float) -> LoadResult:
+    """`concurrency` coroutines on one event loop over the client's pipelined connections."""
+    result = LoadResult()
+
+    async def call() -> bool:
+        try:
+            await client.predict_async(feed=feed, fetch=["prediction"], batch=True)
+            return True
+        except Exception as exc:
+            result.errors.append(_describe(exc))
+            await asyncio.sleep(ERROR_PAUSE_S)
+            return False
+
+    await asyncio.gather(*(call() for _ in range(concurrency)))
+    started = time.perf_counter()
+
+    async def worker() -> None:
+        while (start := time.perf_counter()) < started + seconds:
+            if await call():
+                result.latencies_s.append(time.perf_counter() - start)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def drive_brpc(endpoint: str, payloads: Payloads, concurrency: int, seconds: float) -> LoadResult:
+    """brpc through Client.predict_async: one warm-up call per worker, then `seconds` of closed-loop load."""
+    client = Client(timeout_ms=int(TIMEOUT_S * 1000))
+    client.load_client_config(payloads.client_config)
+    client.connect([endpoint])
+    try:
+        return asyncio.run(_brpc_loop(client, payloads.brpc_feed, concurrency, seconds))
+    finally:
+        client.close()
+
+
+def drive(target: str, protocol: str, endpoint: str, payloads: Payloads, concurrency: int,
+          seconds: float) -> LoadResult:
+    """Load one server over one protocol."""
+    if protocol == "brpc":
+        return drive_brpc(endpoint, payloads, concurrency, seconds)
+    if protocol == "grpc":
+        return drive_threads(lambda: GrpcCaller(endpoint, payloads.pipeline_feed), concurrency, seconds)
+    path, body = ((PIPELINE_PATH, payloads.pipeline_json) if target == "pipeline"
+                  else (MODEL_SERVER_PATH, payloads.model_json))
+    return drive_threads(lambda: HttpCaller(endpoint, path, body), concurrency, seconds)

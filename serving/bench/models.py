@@ -1,0 +1,96 @@
+"""The exported models the benchmarks run (cached, exported once) and the fresh worker processes that time them."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from serving.model_config import SERVER_CONF, read_config
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_NAMES = ("AlexNet", "SqueezeNet1_0", "SqueezeNet1_1", "DarkNet53", "SENet154_vd")
+DEFAULT_MODELS_DIR = ROOT / "bench" / "models"
+SAMPLE_IMAGE = ROOT / "export" / "data" / "images" / "daisy.jpg"
+EXPORT_SEED = 0
+WORKER_TIMEOUT_S = 3600
+# Files an export writes last or only with --onnx: their presence means a complete, usable cache entry.
+COMPLETE_MARKERS = ("serving_server/inference.onnx", "serving_server/" + SERVER_CONF, "model_card.yaml")
+
+
+class WorkerError(RuntimeError):
+    """A measurement process failed; the message carries the end of its stderr."""
+
+
+def quiet_env() -> dict[str, str]:
+    """Child environment: the repo importable, Paddle's C++ INFO lines off."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    env.setdefault("GLOG_minloglevel", "2")
+    return env
+
+
+def ensure_model(name: str, models_dir: Path) -> Path:
+    """`models_dir/name/serving_server`, exported (random weights, with ONNX) only when no complete copy exists."""
+    root = Path(models_dir) / name
+    if not all((root / marker).is_file() for marker in COMPLETE_MARKERS):
+        _export(name, root)
+    return root / "serving_server"
+
+
+def _export(name: str, root: Path) -> None:
+    """Export in-process; the cache folder gets a `*` .gitignore so nothing in it is ever added to git."""
+    from export.exporter import ExportRequest, export
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    ignore = root.parent / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# benchmark model cache (python -m serving.bench): never commit\n*\n", encoding="utf-8")
+    print(f"exporting {name} into {root} (random weights, seed {EXPORT_SEED}, with ONNX) ...", file=sys.stderr)
+    with _stdout_to_stderr():
+        export(ExportRequest(model=name, out=root, random_init=EXPORT_SEED, onnx=True, force=root.exists()))
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """paddle2onnx and Polygraphy print to file descriptor 1: keep stdout for the result paths alone."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def input_size(server_dir: Path) -> int:
+    """The model's square input side (224, or 256 for DarkNet53), from its feed shape [3, S, S]."""
+    return int(read_config(Path(server_dir) / SERVER_CONF).feed_var[0].shape[-1])
+
+
+def gpu_available() -> bool:
+    """TensorRT needs a CUDA build of Paddle and a visible card; the CPU wheel says no to the first."""
+    import paddle
+
+    return bool(paddle.device.is_compiled_with_cuda()) and paddle.device.cuda.device_count() > 0
+
+
+def run_worker(spec: dict, timeout_s: float = WORKER_TIMEOUT_S) -> dict:
+    """Run one measurement in a fresh interpreter (`serving.bench.worker`) and return the JSON it wrote."""
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
+        out = Path(tmp) / "result.json"
+        command = [sys.executable, "-m", "serving.bench.worker", json.dumps(spec), str(out)]
+        try:
+            done = subprocess.run(command, cwd=ROOT, env=quiet_env(), capture_output=True, text=True,
+                                  timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise WorkerError(f"{spec['task']} worker ran past {timeout_s:.0f} s") from None
+        if done.returncode != 0 or not out.is_file():
+            tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+            raise WorkerError(f"{spec['task']} worker exited with {done.returncode}: {tail}")
+        return json.loads(out.read_text(encoding="utf-8"))
