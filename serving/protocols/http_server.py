@@ -18,6 +18,7 @@ class PipelineHTTPServer(ThreadingHTTPServer):
     """A threading HTTP/1.1 server that knows its data plane and body limit."""
 
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: socketserver's default of 5 resets bursts of new connections
 
     def __init__(self, address: tuple[str, int], dataplane: DataPlane, max_body_bytes: int) -> None:
         super().__init__(address, PipelineHandler)
