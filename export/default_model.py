@@ -1,4 +1,4 @@
-"""`make serve`'s model step: export the default model once, from the best weights that can be had.
+"""`make serve`'s model step: export the default model once (with its ONNX twin), from the best weights to be had.
 
     python -m export.default_model --model SqueezeNet1_1 --out models/SqueezeNet1_1 [--weights FILE]
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.out / CARD_FILE).is_file():
         print(f"{args.out} already holds an exported model; delete it to export again")
         return 0
-    base = ["--model", args.model, "--out", str(args.out)]
+    base = ["--model", args.model, "--out", str(args.out), "--onnx"]
     if args.weights is not None:
         return export_main([*base, "--weights", str(args.weights)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
