@@ -25,9 +25,10 @@ from serving.config import LocalServiceConf
 from serving.errors import ConfigError, ServingError
 from serving.model_card import load_card
 from serving.model_config import SERVER_CONF, read_config
-from serving.model_service import ModelService, ModelServicer, http_routes, rpc_service
+from serving.model_service import SERVICE_NAME, ModelService, ModelServicer, http_routes, rpc_service
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.protocols.brpc_server import BrpcServer, ServerLimits
+from serving.protocols.health import add_health
 
 log = logging.getLogger("serving.model_server")
 
@@ -96,6 +97,7 @@ class ModelServer:
                        ("grpc.max_send_message_length", self.args.max_body_bytes)]
             self.grpc = grpc.server(futures.ThreadPoolExecutor(self.args.thread), options=options)
             gm_grpc.add_GeneralModelServiceServicer_to_server(self.servicer, self.grpc)
+            add_health(self.grpc, lambda: True, [SERVICE_NAME])
             self.grpc_port = self.grpc.add_insecure_port(f"0.0.0.0:{self.args.grpc_port}")
             self.grpc.start()
         return self

@@ -135,6 +135,14 @@ def test_http_and_grpc_on_the_model_server(server: ModelServer, model_dir: Path)
     np.testing.assert_allclose(output(response), reference, atol=1e-5)
 
 
+def test_grpc_health_on_the_model_server(server: ModelServer) -> None:
+    from serving.proto import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def good_request_works(server: ModelServer) -> None:
     connection = Connection(server.port)
     connection.send(image_request(photo_bytes()[:1]))

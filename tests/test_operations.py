@@ -9,11 +9,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 
 from pipelines.web_service import ImageService
 from serving import metrics
 from serving.pipeline import Op, WebService
+from serving.proto import health_pb2, health_pb2_grpc
 from tests.conftest import photo_bytes
 
 
@@ -48,10 +50,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def health(port: int, service: str = "") -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                         timeout=10).status
+
+
 def test_live_before_ready_then_ready() -> None:
-    port = free_port()
+    port, rpc_port = free_port(), free_port()
     service = SlowService(name="slow")
-    service.prepare_pipeline_config(yml_dict={"http_port": port})
+    service.prepare_pipeline_config(yml_dict={"http_port": port, "rpc_port": rpc_port})
     starter = threading.Thread(target=service.start)
     starter.start()
     try:
@@ -60,11 +68,17 @@ def test_live_before_ready_then_ready() -> None:
             time.sleep(0.01)
         assert get(port, "/health") == (200, b'{"status": "ok"}')
         assert get(port, "/ready") == (503, b'{"status": "loading"}')
+        assert health(rpc_port) == health_pb2.HealthCheckResponse.NOT_SERVING
         early = post(port, {"key": ["a"], "value": ["b"]})
         assert early["err_no"] == 3003 and "GET /ready" in early["err_msg"]
         starter.join(timeout=10)
         assert get(port, "/ready") == (200, b'{"status": "ok"}')
         assert post(port, {"key": ["a"], "value": ["b"]})["value"] == ["b"]
+        full_name = "baidu.paddle_serving.pipeline_serving.PipelineService"
+        assert health(rpc_port) == health(rpc_port, full_name) == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as error:
+            health(rpc_port, "Nope")
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         starter.join(timeout=10)
         service.stop()

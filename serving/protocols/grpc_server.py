@@ -8,6 +8,7 @@ from serving.dataplane import DataPlane, PipelineResponse
 from serving.errors import InputError
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
+from serving.protocols.health import add_health
 from serving.protocols.pipeline_codec import request_from_proto, response_to_proto
 
 
@@ -32,6 +33,7 @@ def start_grpc_server(dataplane: DataPlane, port: int, workers: int, max_message
                ("grpc.max_send_message_length", max_message_bytes)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"), options=options)
     pb_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(dataplane), server)
+    add_health(server, lambda: dataplane.ready, [pb.DESCRIPTOR.services_by_name["PipelineService"].full_name])
     bound = server.add_insecure_port(f"0.0.0.0:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on rpc_port {port}")
