@@ -1,13 +1,17 @@
 """The image-classification pipeline service, written against Paddle Serving's Op/WebService API.
 
     python pipelines/web_service.py [--config config.yml] [--http_port N] [--rpc_port N] [--model_config DIR]
+    python pipelines/web_service.py stop [--pid_file FILE]     # like Paddle Serving's `serve stop`
 """
 
 import argparse
 import base64
 import binascii
 import logging
+import os
+import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -88,7 +92,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rpc_port", type=int, help="override rpc_port")
     parser.add_argument("--model_config", help="override op.imagenet.local_service_conf.model_config")
     parser.add_argument("--name", default="imagenet", help="service name: the REST path is /{name}/prediction")
+    parser.add_argument("--pid_file", type=Path, default=ROOT / "web_service.pid",
+                        help="where the running service's pid is kept (for `stop`)")
+    parser.add_argument("command", nargs="?", choices=("run", "stop"), default="run",
+                        help="run (default) or stop the service running under --pid_file")
     return parser.parse_args(argv)
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not an exited zombie waiting for its parent to reap it."""
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
+def stop(pid_file: Path, timeout_s: float = 60.0) -> int:
+    """SIGTERM the service whose pid is in `pid_file` and wait until it has drained and exited."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        print(f"error: no running service (no readable pid file at {pid_file})", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+        print(f"process {pid} was not running; removed the stale {pid_file}")
+        return 0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            print(f"stopped service {pid}")
+            return 0
+        time.sleep(0.1)
+    print(f"error: service {pid} still running after {timeout_s:.0f} s", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,12 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_paddle_import()
     args = parse_args(argv)
+    if args.command == "stop":
+        return stop(args.pid_file)
     model_config = str(Path(args.model_config).resolve()) if args.model_config else None
     service = ImageService(name=args.name)
     try:
         service.prepare_pipeline_config(args.config, overrides={
             "http_port": args.http_port, "rpc_port": args.rpc_port, "model_config": model_config})
-        service.run_service()
+        service.run_service(pid_file=args.pid_file)
     except (ConfigError, ServingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

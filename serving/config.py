@@ -144,10 +144,11 @@ class LimitsConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     request_timeout_ms: int = 30_000
+    drain_timeout_ms: int = 10_000
 
     def validate(self, path: str) -> None:
         """All limits are positive."""
-        for key in ("max_body_bytes", "max_image_pixels", "request_timeout_ms"):
+        for key in ("max_body_bytes", "max_image_pixels", "request_timeout_ms", "drain_timeout_ms"):
             _require(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "must be >= 1")
 
 

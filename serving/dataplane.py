@@ -1,6 +1,7 @@
 """The protocol-neutral data plane: every front end turns its wire format into a PipelineRequest."""
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serving import metrics
-from serving.errors import InitError, ServiceNotFoundError, error_of
+from serving.errors import ClosedError, InitError, ServiceNotFoundError, error_of
 
 log = logging.getLogger("serving.dataplane")
 
@@ -60,6 +61,19 @@ class DataPlane:
         self.service_name = service_name
         self._run: Callable[[PipelineRequest], dict[str, str]] | None = None
         self.metadata: dict = {}
+        self._inflight = 0
+        self._closing = False
+        self._idle = threading.Condition()
+
+    def close(self) -> None:
+        """Stop taking requests: new ones get err_no 3001; those running finish."""
+        with self._idle:
+            self._closing = True
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until no request is running (True) or the timeout passes (False)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout_s)
 
     @property
     def ready(self) -> bool:
@@ -83,8 +97,12 @@ class DataPlane:
         """Run one request; never raises. Counts it in the metrics by protocol and err_no."""
         started = time.perf_counter()
         metrics.INFLIGHT.inc(protocol=protocol)
+        with self._idle:
+            self._inflight += 1
         try:
             self.check_route(request.name, request.method)
+            if self._closing:
+                raise ClosedError("the service is stopping; retry on another instance")
             if self._run is None:
                 raise InitError("the service is still loading its models; retry when GET /ready answers 200")
             response = PipelineResponse.from_result(self._run(request))
@@ -94,6 +112,9 @@ class DataPlane:
                 log.exception("logid %s: unexpected error", request.logid)
         finally:
             metrics.INFLIGHT.inc(-1, protocol=protocol)
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
         elapsed = time.perf_counter() - started
         metrics.REQUESTS.inc(protocol=protocol, err_no=response.err_no)
         metrics.LATENCY.observe(elapsed, protocol=protocol)

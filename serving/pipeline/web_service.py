@@ -1,6 +1,7 @@
 """Paddle Serving's WebService: build the DAG from `get_pipeline_response`, serve it over HTTP and gRPC."""
 
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -11,6 +12,7 @@ import yaml
 from serving.config import ServiceConfig, apply_overrides, load_config, parse_config
 from serving.dataplane import DataPlane
 from serving.errors import ConfigError
+from serving.files import atomic_write_text
 from serving.model_config import SERVER_CONF, read_config
 from serving.pipeline.dag import Dag
 from serving.pipeline.op import Op, RequestOp
@@ -59,6 +61,7 @@ class WebService:
         self.http_port: int | None = None
         self.rpc_port: int | None = None
         self._servers: list[Any] = []
+        self._dataplane: DataPlane | None = None
         self._stopped = threading.Event()
 
     def get_pipeline_response(self, read_op: Op) -> Op | list[Op]:
@@ -80,7 +83,7 @@ class WebService:
         if self.config is None:
             raise ConfigError("call prepare_pipeline_config(...) before run_service()")
         self.dag = Dag(self.get_pipeline_response(RequestOp()), self.config)
-        dataplane = DataPlane(self.name)
+        dataplane = self._dataplane = DataPlane(self.name)
         self._start_front_ends(dataplane)
         try:
             _warn_inert_settings(self.config, self.dag)
@@ -103,22 +106,36 @@ class WebService:
             self._servers.append(server)
 
     def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish, release the predictors."""
+        """Stop accepting, let in-flight requests finish within limits.drain_timeout_ms, release the predictors."""
+        drain_s = self.config.limits.drain_timeout_ms / 1000 if self.config else 0.0
+        if self._dataplane is not None:
+            self._dataplane.close()
         for server in self._servers:
             if hasattr(server, "shutdown"):
                 server.shutdown()
-                server.server_close()
             else:
-                server.stop(grace=5).wait()
+                server.stop(grace=drain_s)
+        if self._dataplane is not None and not self._dataplane.drain(drain_s):
+            log.warning("stopping with requests still running after %.1f s", drain_s)
+        for server in self._servers:
+            if hasattr(server, "server_close"):
+                server.server_close()
         self._servers.clear()
         if self.dag is not None:
             self.dag.stop()
         self._stopped.set()
 
-    def run_service(self) -> None:
-        """Start, then serve until SIGINT or SIGTERM."""
+    def run_service(self, pid_file: Path | None = None) -> None:
+        """Start, then serve until SIGINT or SIGTERM (or `stop` via the pid file); then drain and stop."""
         self.start()
+        if pid_file is not None:
+            atomic_write_text(pid_file, f"{os.getpid()}\n")
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: self._stopped.set())
-        self._stopped.wait()
-        self.stop()
+        try:
+            self._stopped.wait()
+            log.info("stopping: draining in-flight requests")
+            self.stop()
+        finally:
+            if pid_file is not None:
+                pid_file.unlink(missing_ok=True)
