@@ -1,0 +1,94 @@
+"""Property tests: arbitrary bytes into the frame decoder, request parsers and image decoder end in a clean
+result or a clean, typed error — never another exception, never a hang."""
+
+import json
+
+import cv2
+import numpy as np
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from serving.errors import InputError
+from serving.images import ImageDecodeError, decode_bgr
+from serving.proto import pipeline_service_pb2 as pb
+from serving.proto.brpc_meta_pb2 import RpcMeta
+from serving.protocols.baidu_std import FrameDecoder, FrameError, encode_frame
+from serving.protocols.pipeline_codec import request_from_json, request_from_proto
+
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(st.binary(max_size=512), st.integers(min_value=1, max_value=64))
+def test_frame_decoder_never_crashes(data: bytes, chunk: int) -> None:
+    decoder = FrameDecoder(max_body=4096)
+    try:
+        for start in range(0, len(data), chunk):
+            for frame in decoder.feed(data[start : start + chunk]):
+                assert isinstance(frame.payload, bytes)
+    except FrameError:
+        pass
+
+
+@FAST
+@given(st.binary(max_size=256), st.integers(min_value=0, max_value=300))
+def test_mutated_valid_frames_decode_or_fail_cleanly(payload: bytes, flip: int) -> None:
+    meta = RpcMeta(correlation_id=1)
+    meta.request.service_name, meta.request.method_name = "S", "m"
+    frame = bytearray(encode_frame(meta, payload, b"att"))
+    position = flip % len(frame)
+    frame[position] ^= 0xFF
+    try:
+        frames = FrameDecoder(max_body=1 << 20).feed(bytes(frame))
+        assert len(frames) <= 1
+    except FrameError:
+        pass
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                           max_leaves=12)
+
+
+@FAST
+@given(st.dictionaries(st.sampled_from(["key", "value", "logid", "tensors", "other"]), JSON_VALUES, max_size=5))
+def test_json_requests_parse_or_raise_input_error(body: dict) -> None:
+    try:
+        request = request_from_json(json.loads(json.dumps(body)), "imagenet", "prediction", "127.0.0.1")
+        assert all(isinstance(key, str) for key in request.keys)
+    except InputError:
+        pass
+
+
+@FAST
+@given(st.binary(max_size=512))
+def test_grpc_requests_parse_or_raise_input_error(data: bytes) -> None:
+    message = pb.Request()
+    try:
+        message.ParseFromString(data)
+    except DecodeError:
+        return
+    try:
+        request = request_from_proto(message, "peer")
+    except InputError:
+        return
+    assert request.keys == list(message.key) and set(request.tensors) <= {tensor.name for tensor in message.tensors}
+
+
+PNG = cv2.imencode(".png", np.arange(48, dtype=np.uint8).reshape(4, 4, 3))[1].tobytes()
+JPEG = cv2.imencode(".jpg", np.full((16, 16, 3), 120, np.uint8))[1].tobytes()
+
+
+@FAST
+@given(st.sampled_from([PNG, JPEG]), st.integers(min_value=0, max_value=10_000),
+       st.integers(min_value=0, max_value=255), st.integers(min_value=0, max_value=10_000))
+def test_image_decoder_on_corrupted_files(image: bytes, position: int, value: int, cut: int) -> None:
+    data = bytearray(image)
+    data[position % len(data)] = value
+    data = bytes(data[: max(1, len(data) - cut % len(data))])
+    try:
+        pixels = decode_bgr(data, max_pixels=10_000)
+        assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8
+    except ImageDecodeError:
+        pass
