@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 
 from clients.brpc_transport import BrpcError, ClientCode, Connection
 from serving.errors import InputError
-from serving.model_card import label_name
+from serving.model_card import display_name, label_name
 from serving.model_config import CLIENT_CONF, ModelConfigError, read_config
 from serving.proto.general_model_service_pb2 import Request, Response
 from serving.protocols.baidu_std import DEFAULT_MAX_BODY, CompressType
@@ -236,7 +236,7 @@ def read_labels(path: Path) -> list[str] | None:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
         return None
-    return [label_name(line).replace(",", "") for line in lines if line.strip()]
+    return [display_name(label_name(line)) for line in lines if line.strip()]
 
 
 def classify(client: Client, images: list[Path], labels: list[str] | None, log_id: int) -> None:

@@ -42,20 +42,17 @@ class ImagenetOp(Op):
         if not keys:
             raise InputError(f"request has no image: send key 'image' (or image_0, image_1, ...); got keys "
                              f"{sorted(input_dict)}")
-        size = self.card.transforms.crop_size
-        batch = np.empty((len(keys), 3, size, size), dtype=np.float32)
-        for row, key in enumerate(keys):
-            self.card.transforms(_b64decode(key, input_dict[key]), self.limits.max_image_pixels, out=batch[row])
-        return {"x": batch}, False, None, ""
+        images = [_b64decode(key, input_dict[key]) for key in keys]
+        return {"x": self.card.transforms.batch(images, self.limits.max_image_pixels)}, False, None, ""
 
     def postprocess(self, input_dicts: dict, fetch_dict: dict, data_id: int = 0, log_id: int = 0) -> tuple:
         """PaddleClas's response: str() of the per-image top-1 labels and probabilities (plus top-k if set)."""
         probabilities = fetch_dict["prediction"]
-        labels = [self.card.labels[int(row.argmax())].replace(",", "") for row in probabilities]
+        labels = [self.card.display_labels[int(row.argmax())] for row in probabilities]
         result = {"label": str(labels), "prob": str([float(row.max()) for row in probabilities])}
         if self.config.topk > 1:
             top = [np.argsort(row)[::-1][: self.config.topk] for row in probabilities]
-            result["topk_label"] = str([[self.card.labels[i].replace(",", "") for i in idx] for idx in top])
+            result["topk_label"] = str([[self.card.display_labels[i] for i in idx] for idx in top])
             result["topk_prob"] = str([[round(float(row[i]), 5) for i in idx] for row, idx in zip(probabilities, top,
                                                                                                    strict=True)])
         return result, None, ""

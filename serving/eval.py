@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from serving.model_card import load_card
+from serving.model_card import display_name, load_card
 from serving.model_config import CLIENT_CONF, SERVER_CONF, read_config
 
 TOP_K = 5
@@ -72,7 +72,7 @@ def local_predictor(model_root: Path) -> Callable[[bytes], Prediction]:
 def top_k(probs: np.ndarray, labels: list[str]) -> Prediction:
     """PaddleClas's ranking (argsort, best first) with its comma-free label names."""
     order = np.argsort(probs)[::-1][:TOP_K]
-    return [labels[i].replace(",", "") for i in order], [float(probs[i]) for i in order]
+    return [display_name(labels[i]) for i in order], [float(probs[i]) for i in order]
 
 
 def pipeline_answer(keys: list[str], values: list[str]) -> Prediction:
@@ -139,7 +139,7 @@ def evaluate(entries: list[tuple[str, int]], images: Path, labels: list[str], lo
         if served is not None and not same(expected, answer):
             tally.mismatches.append(f"{name}: local {expected[0][0]} {expected[1][0]:.5f}, "
                                     f"served {answer[0][0]} {answer[1][0]:.5f}")
-        truth = labels[label].replace(",", "")
+        truth = display_name(labels[label])
         tally.images += 1
         tally.top1 += answer[0][0] == truth
         tally.top5 += truth in answer[0]

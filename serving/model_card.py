@@ -21,6 +21,11 @@ class ModelCard:
     weights: dict
 
     @property
+    def display_labels(self) -> list[str]:
+        """The names PaddleClas's serving examples answer with: commas removed."""
+        return [display_name(label) for label in self.labels]
+
+    @property
     def random_weights(self) -> bool:
         """True for `--random-init` exports, whose predictions mean nothing."""
         return self.weights.get("source") == "random-init"
@@ -30,6 +35,11 @@ def label_name(line: str) -> str:
     """PaddleClas's label lines are '<id> <name>'; plain names are accepted too."""
     head, _, rest = line.strip().partition(" ")
     return rest if head.isdigit() and rest else line.strip()
+
+
+def display_name(label: str) -> str:
+    """PaddleClas's serving examples strip commas from class names ("tench, Tinca tinca" -> "tench Tinca tinca")."""
+    return label.replace(",", "")
 
 
 def load_card(server_dir: str | Path) -> ModelCard:

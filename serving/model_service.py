@@ -65,16 +65,14 @@ class ModelService:
             raise InputError("this model has no model card, so it cannot preprocess image files; send FP32 tensors")
         if not tensor.data:
             raise InputError(f"feed {tensor.alias_name or tensor.name!r} holds no image")
-        size = self.card.transforms.crop_size
-        batch = np.empty((len(tensor.data), 3, size, size), dtype=np.float32)
+        images = []
         for index, text in enumerate(tensor.data):
             try:
-                data = base64.b64decode(text, validate=True)
+                images.append(base64.b64decode(text, validate=True))
             except (binascii.Error, ValueError):
                 raise InputError(f"feed {tensor.alias_name or tensor.name!r}[{index}] is not base64 text of an "
                                  "image file") from None
-            self.card.transforms(data, self.max_image_pixels, out=batch[index])
-        return batch
+        return self.card.transforms.batch(images, self.max_image_pixels)
 
 
 def rpc_service(service: ModelService) -> RpcService:

@@ -52,6 +52,13 @@ class Transforms:
             out[channel] -= np.float32(self.mean[channel] / self.std[channel])
         return out
 
+    def batch(self, images: list[bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """Several encoded images -> one float32 [N, 3, S, S] batch, each preprocessed straight into its row."""
+        batch = np.empty((len(images), 3, self.crop_size, self.crop_size), dtype=np.float32)
+        for row, data in enumerate(images):
+            self(data, max_pixels, out=batch[row])
+        return batch
+
     def __call__(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, out: np.ndarray | None = None) -> np.ndarray:
         """Encoded image bytes -> the model's float32 [3, S, S] input, into `out` (e.g. a row of the batch)."""
         return self.normalize(self.resize_crop(decode_bgr(data, max_pixels)), out)

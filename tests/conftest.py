@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,13 @@ import pytest  # noqa: E402
 DATA = Path(__file__).parent / "data"
 IMAGES = Path(__file__).parent.parent / "export" / "data" / "images"
 MODEL_NAMES = ["AlexNet", "SqueezeNet1_0", "SqueezeNet1_1", "DarkNet53", "SENet154_vd"]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for servers started as subprocesses with a fixed port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def reference_params(model: str) -> list[list]:

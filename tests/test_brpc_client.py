@@ -4,7 +4,6 @@ import asyncio
 import base64
 import functools
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from serving.proto.brpc_meta_pb2 import RpcMeta
 from serving.proto.general_model_service_pb2 import Request, Response, Tensor
 from serving.protocols.baidu_std import DEFAULT_MAX_BODY, BrpcCode, compress, decompress, encode_frame, read_frame
 from serving.tensors import to_array, to_tensor
+from tests.conftest import free_port
 
 ROOT = Path(__file__).parent.parent
 CLASSES = 4
@@ -127,12 +127,6 @@ def connect() -> Iterator[Callable[..., Client]]:
     for client in clients:
         client.close()
 
-
-def free_port() -> int:
-    """A port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def client_config(root: Path, feed_type: int = FLOAT32) -> Path:

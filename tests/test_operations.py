@@ -2,7 +2,6 @@
 
 import base64
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -16,7 +15,7 @@ from pipelines.web_service import ImageService
 from serving import metrics
 from serving.pipeline import Op, WebService
 from serving.proto import health_pb2, health_pb2_grpc
-from tests.conftest import photo_bytes
+from tests.conftest import free_port, photo_bytes
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -43,11 +42,6 @@ class SlowService(WebService):
     def get_pipeline_response(self, read_op: Op) -> Op:
         return SlowToLoad(name="slow", input_ops=[read_op])
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def health(port: int, service: str = "") -> int:

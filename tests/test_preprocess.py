@@ -36,3 +36,11 @@ def test_undecodable_bytes_raise_a_clear_error() -> None:
     transforms = Transforms.from_card(get_spec("AlexNet").preprocessing())
     with pytest.raises(ImageDecodeError, match="not a decodable image"):
         transforms(b"definitely not a jpeg")
+
+
+def test_batch_rows_equal_single_images() -> None:
+    transforms = Transforms.from_card(get_spec("SqueezeNet1_1").preprocessing())
+    batch = transforms.batch(photo_bytes())
+    assert batch.shape == (2, 3, 224, 224) and batch.dtype == np.float32
+    for row, data in zip(batch, photo_bytes(), strict=True):
+        np.testing.assert_array_equal(row, transforms(data))

@@ -2,13 +2,14 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).parent.parent
 
@@ -32,11 +33,6 @@ service.prepare_pipeline_config(yml_dict={"http_port": int(sys.argv[1]), "limits
 service.run_service(pid_file=Path(sys.argv[2]))
 '''
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_stop_drains_the_in_flight_request_and_exits_zero(tmp_path: Path) -> None:

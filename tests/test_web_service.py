@@ -4,7 +4,6 @@ import ast
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pipelines.web_service import ImageService
 from serving.model_card import load_card
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
-from tests.conftest import IMAGES, photo_bytes
+from tests.conftest import IMAGES, free_port, photo_bytes
 
 ROOT = Path(__file__).parent.parent
 
@@ -163,11 +162,6 @@ def test_body_limit_and_unknown_service(model_dir: Path) -> None:
     finally:
         svc.stop()
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(port: int, process: subprocess.Popen, seconds: float = 60) -> None:

@@ -64,8 +64,7 @@ def _drive(predictor: object, transforms: object, image: bytes, workers: int, se
     def loop() -> None:
         own = []
         while (t0 := time.perf_counter()) < deadline:
-            batch = np.empty((1, 3, transforms.crop_size, transforms.crop_size), dtype=np.float32)
-            transforms(image, out=batch[0])  # straight into the batch row, as the servers do
+            batch = transforms.batch([image])  # straight into the batch row, as the servers do
             t1 = time.perf_counter()
             predictor.predict({feed: batch})
             t2 = time.perf_counter()

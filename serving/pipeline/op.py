@@ -150,9 +150,9 @@ class Op:
         """Ops without a model (no local_service_conf) skip process(), as in Paddle Serving."""
         return self.predictor is not None
 
-    def run(self, input_dicts: dict[str, dict], data_id: int, log_id: int, deadline: float | None = None) -> dict:
+    def run(self, input_dicts: dict[str, dict], data_id: int, log_id: int, deadline: float) -> dict:
         """preprocess -> process -> postprocess for one request, timed per stage, product codes raised as errors."""
-        self._request.deadline = deadline if deadline is not None else time.monotonic() + 3600
+        self._request.deadline = deadline
         started = time.perf_counter()
         feed, skip, code, info = _unpack(self.preprocess(input_dicts, data_id, log_id), 4, self.name, "preprocess")
         _raise_product_error(self.name, "preprocess", code, info)

@@ -69,9 +69,9 @@ class LocalPredictor:
 
     def warm_up(self) -> None:
         """One zero batch through every pooled instance, so first requests do not pay for kernel selection."""
+        feed = {var.alias_name: np.zeros((1, *[max(dim, 1) for dim in var.shape]), self._dtypes[var.name])
+                for var in self._feeds}
         for _ in range(self._idle.qsize()):
-            feed = {var.alias_name: np.zeros((1, *[max(dim, 1) for dim in var.shape]), self._dtypes[var.name])
-                    for var in self._feeds}
             self.predict(feed)
 
     @contextmanager

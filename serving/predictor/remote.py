@@ -5,6 +5,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from clients.brpc_client import BrpcError, Client, PredictError
 from serving.errors import ErrorCode, ServingError
 from serving.model_config import read_config
 from serving.proto import general_model_service_pb2 as gm
@@ -41,8 +42,6 @@ class RemotePredictor:
         if protocol == "grpc":
             self.grpc = GrpcModelClient(endpoints, timeout_s, max_message_bytes)
         else:
-            from clients.brpc_client import Client
-
             self.brpc = Client(timeout_ms=int(timeout_s * 1000))
             self.brpc.load_client_config(client_config)
             self.brpc.connect(endpoints)
@@ -61,8 +60,6 @@ class RemotePredictor:
         """Same contract as LocalPredictor.predict; the server's err_no comes back as the same error code."""
         if self.protocol == "grpc":
             return self._predict_grpc(feed, fetch)
-        from clients.brpc_client import BrpcError, PredictError
-
         try:
             return self.brpc.predict(feed=feed, fetch=fetch, batch=True)
         except PredictError as exc:
