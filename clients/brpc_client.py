@@ -2,11 +2,14 @@
 
     python clients/brpc_client.py --config serving_client/serving_client_conf.prototxt IMG [IMG ...]
     python clients/brpc_client.py --config ... --bench --concurrency 16 --seconds 10 IMG
+    python clients/brpc_client.py --config ... --ca server.crt --token T IMG    # TLS, token auth
 """
 
 import argparse
 import asyncio
 import concurrent.futures
+import os
+import ssl
 import sys
 import threading
 import time
@@ -27,6 +30,7 @@ from serving.tensors import DTYPE_OF, TensorValue, to_array, to_tensor
 
 DEFAULT_ENDPOINT = "127.0.0.1:9292"
 COMPRESSIONS = {"none": CompressType.NONE, "gzip": CompressType.GZIP, "zlib": CompressType.ZLIB}
+TOKEN_ENV = "SERVING_TOKEN"  # --token's default, so the secret need not be on the command line
 
 
 class PredictError(Exception):
@@ -41,9 +45,11 @@ class PredictError(Exception):
 class _Slot:
     """One pooled connection to an endpoint, (re)opened on demand."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None, token: bytes = b"") -> None:
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
+        self.token = token
         self._connection: Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -51,7 +57,8 @@ class _Slot:
         """The live connection, reopened if the server closed it."""
         async with self._lock:
             if self._connection is None or self._connection.closed:
-                self._connection = await Connection.open(self.host, self.port, timeout_s, max_body)
+                self._connection = await Connection.open(self.host, self.port, timeout_s, max_body, self.ssl_context,
+                                                         self.token)
             return self._connection
 
     async def close(self) -> None:
@@ -132,21 +139,23 @@ class Client:
         """Per-request timeout, also sent to the server as RpcRequestMeta.timeout_ms."""
         self.timeout_ms = timeout_ms
 
-    def connect(self, endpoints: list[str]) -> None:
-        """Round-robin over `["host:port", ...]` with `pool_size` lazily opened connections each."""
+    def connect(self, endpoints: list[str], ca_file: str | None = None, token: str | None = None) -> None:
+        """Round-robin over `["host:port", ...]`, `pool_size` lazy connections each; TLS trusting `ca_file`; `token`."""
         if not endpoints:
             raise ValueError("connect() needs at least one 'host:port' endpoint")
         addresses = [parse_endpoint(endpoint) for endpoint in endpoints]
+        context = ssl.create_default_context(cafile=ca_file) if ca_file else None
         self.close()
-        self._slots = [_Slot(host, port) for _ in range(self.pool_size) for host, port in addresses]
+        self._slots = [_Slot(host, port, context, (token or "").encode()) for _ in range(self.pool_size)
+                       for host, port in addresses]
         self._endpoint_count = len(addresses)
         self._loop = _LoopThread()
 
     def predict(self, feed: dict[str, TensorValue], fetch: list[str] | None = None, batch: bool = False,
-                log_id: int = 0) -> dict[str, np.ndarray]:
-        """Blocking call from any thread: {fetch alias: array}."""
+                log_id: int = 0, timeout_ms: int | None = None) -> dict[str, np.ndarray]:
+        """Blocking call from any thread: {fetch alias: array}; `timeout_ms` overrides the client's for this call."""
         payload = self._request(feed, fetch, batch, log_id)
-        return self._outputs(self._submit(payload, log_id).result(), fetch)
+        return self._outputs(self._submit(payload, log_id, timeout_ms).result(), fetch)
 
     async def predict_async(self, feed: dict[str, TensorValue], fetch: list[str] | None = None, batch: bool = False,
                             log_id: int = 0) -> dict[str, np.ndarray]:
@@ -203,15 +212,15 @@ class Client:
             raise BrpcError(ClientCode.ERESPONSE, f"bad output tensor: {exc}") from None
         return {alias: value for alias, value in result.items() if not fetch or alias in fetch}
 
-    def _submit(self, payload: bytes, log_id: int) -> concurrent.futures.Future:
+    def _submit(self, payload: bytes, log_id: int, timeout_ms: int | None = None) -> concurrent.futures.Future:
         """Start the call on the client's loop."""
         if self._loop is None:
             raise RuntimeError("call connect() before predict()")
-        return self._loop.submit(self._call(payload, log_id))
+        return self._loop.submit(self._call(payload, log_id, timeout_ms or self.timeout_ms))
 
-    async def _call(self, payload: bytes, log_id: int) -> bytes:
+    async def _call(self, payload: bytes, log_id: int, timeout_ms: int) -> bytes:
         """Next connection round-robin; an endpoint that refuses to connect is skipped (nothing was sent)."""
-        timeout_s = self.timeout_ms / 1000
+        timeout_s = timeout_ms / 1000
         for attempt in range(self._endpoint_count):
             slot = self._slots[self._next % len(self._slots)]
             self._next += 1
@@ -295,6 +304,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bench", action="store_true", help="send the first image repeatedly and report throughput")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight with --bench")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of --bench")
+    parser.add_argument("--ca", help="CA or self-signed certificate (PEM): connect with TLS and trust it")
+    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"token (default: ${TOKEN_ENV})")
     return parser.parse_args(argv)
 
 
@@ -304,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     client = Client(timeout_ms=args.timeout_ms, compress=args.compress)
     try:
         client.load_client_config(args.config)
-        client.connect(args.endpoint or [DEFAULT_ENDPOINT])
+        client.connect(args.endpoint or [DEFAULT_ENDPOINT], ca_file=args.ca, token=args.token)
         if not args.bench:
             classify(client, args.images, read_labels(args.config.parent.parent / "labels.txt"), args.log_id)
             return 0

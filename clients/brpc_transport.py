@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import itertools
+import ssl
 from enum import IntEnum
 
 from serving.proto.brpc_meta_pb2 import RpcMeta
@@ -42,9 +43,11 @@ class BrpcError(Exception):
 class Connection:
     """One TCP connection carrying many requests in flight, answers matched by correlation_id."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str, max_body: int) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str, max_body: int,
+                 token: bytes = b"") -> None:
         self.peer = peer
         self.max_body = max_body
+        self.token = token
         self._reader = reader
         self._writer = writer
         self._pending: dict[int, asyncio.Future] = {}
@@ -54,14 +57,17 @@ class Connection:
         self._reader_task = asyncio.create_task(self._read_loop())
 
     @classmethod
-    async def open(cls, host: str, port: int, timeout_s: float, max_body: int = DEFAULT_MAX_BODY) -> "Connection":
-        """Connect within `timeout_s`; a refusal or a timeout is EFAILEDSOCKET."""
+    async def open(cls, host: str, port: int, timeout_s: float, max_body: int = DEFAULT_MAX_BODY,
+                   ssl_context: ssl.SSLContext | None = None, token: bytes = b"") -> "Connection":
+        """Connect within `timeout_s`, over TLS with `ssl_context`; refusal, bad handshake, timeout: EFAILEDSOCKET."""
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+            connecting = asyncio.open_connection(host, port, ssl=ssl_context,
+                                                 server_hostname=host if ssl_context is not None else None)
+            reader, writer = await asyncio.wait_for(connecting, timeout_s)
         except (OSError, asyncio.TimeoutError) as exc:
             reason = str(exc) or "timed out"
             raise BrpcError(ClientCode.EFAILEDSOCKET, f"cannot connect to {host}:{port}: {reason}") from None
-        return cls(reader, writer, f"{host}:{port}", max_body)
+        return cls(reader, writer, f"{host}:{port}", max_body, token)
 
     @property
     def closed(self) -> bool:
@@ -79,6 +85,8 @@ class Connection:
         meta.request.method_name = method
         meta.request.log_id = log_id
         meta.request.timeout_ms = max(1, round(timeout_s * 1000))
+        if self.token:  # sent every time, so whichever request a (re)opened connection sends first carries it
+            meta.authentication_data = self.token
         future = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
         try:

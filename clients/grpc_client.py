@@ -1,7 +1,8 @@
-"""gRPC client: `python clients/grpc_client.py IMG [IMG ...] [--endpoint 127.0.0.1:9993]`."""
+"""gRPC client: `python clients/grpc_client.py IMG [IMG ...] [--endpoint 127.0.0.1:9993] [--ca FILE] [--token T]`."""
 
 import argparse
 import base64
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import grpc
 from clients.pipeline_client import PipelineClient
 
 DEFAULT_ENDPOINT = "127.0.0.1:9993"
+TOKEN_ENV = "SERVING_TOKEN"  # --token's default, so the secret need not be on the command line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,12 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", type=Path, help="image files")
     parser.add_argument("--endpoint", action="append", help=f"host:port, repeatable (default {DEFAULT_ENDPOINT})")
     parser.add_argument("--log-id", type=int, default=0, help="log id sent with the request")
+    parser.add_argument("--ca", help="CA or self-signed certificate (PEM): connect with TLS and trust it")
+    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"bearer token (default: ${TOKEN_ENV})")
     args = parser.parse_args(argv)
     keys = ["image"] if len(args.images) == 1 else [f"image_{i}" for i in range(len(args.images))]
     feed = {key: base64.b64encode(path.read_bytes()).decode("ascii") for key, path in zip(keys, args.images,
                                                                                            strict=True)}
     client = PipelineClient()
-    client.connect(args.endpoint or [DEFAULT_ENDPOINT])
+    client.connect(args.endpoint or [DEFAULT_ENDPOINT], ca_file=args.ca, token=args.token)
     try:
         answer = client.predict(feed_dict=feed, fetch=["label", "prob"], log_id=args.log_id)
     except grpc.RpcError as exc:

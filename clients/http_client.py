@@ -1,14 +1,17 @@
-"""RESTful client: `python clients/http_client.py IMG [IMG ...] [--url http://127.0.0.1:18080/imagenet/prediction]`."""
+"""RESTful client: `python clients/http_client.py IMG [IMG ...] [--url URL] [--ca FILE] [--token TOKEN]`."""
 
 import argparse
 import base64
 import json
+import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 DEFAULT_URL = "http://127.0.0.1:18080/imagenet/prediction"
+TOKEN_ENV = "SERVING_TOKEN"  # --token's default, so the secret need not be on the command line
 
 
 def image_request(paths: list[Path], log_id: int = 0) -> dict:
@@ -18,12 +21,15 @@ def image_request(paths: list[Path], log_id: int = 0) -> dict:
     return {"key": keys, "value": values, "logid": log_id}
 
 
-def post(url: str, body: dict, timeout_s: float = 30.0) -> dict:
-    """POST JSON, return the decoded JSON answer (HTTP errors with a JSON body are returned too)."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+def post(url: str, body: dict, timeout_s: float = 30.0, ca_file: str | None = None, token: str | None = None) -> dict:
+    """POST JSON (https:// trusting `ca_file`, `token` as bearer); the JSON answer, also of HTTP errors such as 401."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
+    context = ssl.create_default_context(cafile=ca_file) if ca_file else None
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+        with urllib.request.urlopen(request, timeout=timeout_s, context=context) as answer:
             return json.loads(answer.read())
     except urllib.error.HTTPError as error:
         return json.loads(error.read())
@@ -35,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", type=Path, help="image files")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"service URL (default {DEFAULT_URL})")
     parser.add_argument("--log-id", type=int, default=0, help="log id sent with the request")
+    parser.add_argument("--ca", help="CA or self-signed certificate (PEM) to trust for an https:// URL")
+    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"bearer token (default: ${TOKEN_ENV})")
     args = parser.parse_args(argv)
     try:
-        answer = post(args.url, image_request(args.images, args.log_id))
+        answer = post(args.url, image_request(args.images, args.log_id), ca_file=args.ca, token=args.token)
     except (OSError, urllib.error.URLError) as exc:
         print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 2

@@ -1,5 +1,7 @@
 """Paddle Serving's `PipelineClient` over gRPC: connect(endpoints), predict(feed_dict, fetch, log_id)."""
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 
@@ -30,15 +32,22 @@ class PipelineClient:
         self.max_message_bytes = max_message_bytes
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.PipelineServiceStub | None = None
+        self._metadata: tuple[tuple[str, str], ...] = ()
 
-    def connect(self, endpoints: list[str]) -> None:
-        """One channel balancing round-robin over `["host:port", ...]`."""
+    def connect(self, endpoints: list[str], ca_file: str | None = None, token: str | None = None) -> None:
+        """One channel balancing round-robin over `["host:port", ...]`; TLS trusting `ca_file`, `token` as bearer."""
         if not endpoints:
             raise ValueError("connect() needs at least one 'host:port' endpoint")
         options = [("grpc.lb_policy_name", "round_robin"),
                    ("grpc.max_receive_message_length", self.max_message_bytes),
                    ("grpc.max_send_message_length", self.max_message_bytes)]
-        self._channel = grpc.insecure_channel("ipv4:" + ",".join(endpoints), options=options)
+        target = "ipv4:" + ",".join(endpoints)
+        if ca_file:
+            credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._stub = pb_grpc.PipelineServiceStub(self._channel)
 
     def predict(self, feed_dict: dict[str, object], fetch: list[str] | None = None, log_id: int = 0,
@@ -53,7 +62,7 @@ class PipelineClient:
             else:
                 request.key.append(key)
                 request.value.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
-        response = self._stub.inference(request, timeout=self.timeout_s)
+        response = self._stub.inference(request, timeout=self.timeout_s, metadata=self._metadata)
         if fetch is None or response.err_no != 0:
             return response
         kept = [(key, value) for key, value in zip(response.key, response.value, strict=True) if key in fetch]

@@ -7,6 +7,7 @@ import paddle
 from paddle import inference, nn
 
 from export.errors import WeightsError
+from serving.files import inside
 
 PROGRAM_PREFIX = "inference"
 FEED_NAME = "x"
@@ -28,7 +29,7 @@ def find_program(directory: Path) -> tuple[Path, Path]:
     preferred = [path for path in candidates if path.stem == PROGRAM_PREFIX] + candidates
     for program in preferred:
         params = program.with_suffix(".pdiparams")
-        if params.is_file():
+        if params.is_file() and all(inside(directory, path.name) for path in (program, params)):
             return program, params
     raise WeightsError(
         f"{directory} holds no inference model: expected inference.json or inference.pdmodel "

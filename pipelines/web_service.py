@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from serving.errors import ConfigError, InputError, ServingError
+from serving.images import check_image_count
+from serving.logs import FORMATS, setup_logging
 from serving.model_card import load_card
 from serving.pipeline import Op, WebService
 
@@ -42,6 +44,7 @@ class ImagenetOp(Op):
         if not keys:
             raise InputError(f"request has no image: send key 'image' (or image_0, image_1, ...); got keys "
                              f"{sorted(input_dict)}")
+        check_image_count(len(keys), self.limits.max_images_per_request)
         images = [_b64decode(key, input_dict[key]) for key in keys]
         return {"x": self.card.transforms.batch(images, self.limits.max_image_pixels)}, False, None, ""
 
@@ -88,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--http_port", type=int, help="override http_port")
     parser.add_argument("--rpc_port", type=int, help="override rpc_port")
     parser.add_argument("--model_config", help="override op.imagenet.local_service_conf.model_config")
+    parser.add_argument("--log_format", choices=FORMATS, help="text (default) or json lines; or $SERVING_LOG_FORMAT")
     parser.add_argument("--name", default="imagenet", help="service name: the REST path is /{name}/prediction")
     parser.add_argument("--pid_file", type=Path, default=ROOT / "web_service.pid",
                         help="where the running service's pid is kept (for `stop`)")
@@ -130,9 +134,9 @@ def stop(pid_file: Path, timeout_s: float = 60.0) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Load config, start, serve until Ctrl-C; config errors are one line and exit code 2."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_paddle_import()
     args = parse_args(argv)
+    setup_logging(args.log_format)
     if args.command == "stop":
         return stop(args.pid_file)
     model_config = str(Path(args.model_config).resolve()) if args.model_config else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.errors import ClosedError, DeadlineExceededError, ServingError
+from serving.errors import ClosedError, DeadlineExceededError, OverloadedError
 
 Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -56,7 +56,8 @@ class Batcher:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            raise ServingError(f"batching queue is full ({self._queue.maxsize} requests waiting)") from None
+            raise OverloadedError(f"batching queue is full ({self._queue.maxsize} requests waiting; "
+                                  "limits.max_queue)") from None
         return item.future.result()
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ import yaml
 
 from serving.errors import ConfigError
 from serving.model_config import CLIENT_CONF, SERVER_CONF
+from serving.security import SecurityConfig
 
 CLIENT_TYPES = ("local_predictor", "brpc", "grpc")
 SUPPORTED_DEVICE_TYPES = {-1: "from devices", 0: "CPU", 1: "GPU", 2: "TensorRT"}
@@ -143,12 +144,16 @@ class LimitsConfig:
 
     max_body_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_images_per_request: int = 64
+    max_inflight: int = 256
+    max_queue: int = 128
     request_timeout_ms: int = 30_000
     drain_timeout_ms: int = 10_000
 
     def validate(self, path: str) -> None:
         """All limits are positive."""
-        for key in ("max_body_bytes", "max_image_pixels", "request_timeout_ms", "drain_timeout_ms"):
+        for key in ("max_body_bytes", "max_image_pixels", "max_images_per_request", "max_inflight", "max_queue",
+                    "request_timeout_ms", "drain_timeout_ms"):
             _require(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "must be >= 1")
 
 
@@ -163,6 +168,7 @@ class ServiceConfig:
     dag: DagConfig = field(default_factory=DagConfig)
     op: dict[str, OpConfig] = field(default_factory=dict)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def validate(self, path: str) -> None:
         """Ports: at least one, each 1024-65535 (0 = pick a free port, for tests)."""
@@ -224,8 +230,9 @@ def _build(cls: type, data: object, path: str) -> object:
 
 
 def parse_config(data: object, base_dir: Path) -> ServiceConfig:
-    """Build and validate a ServiceConfig; relative model and cache folders are resolved against `base_dir`."""
+    """Build and validate a ServiceConfig; relative model, cache and TLS paths are resolved against `base_dir`."""
     config = _build(ServiceConfig, {} if data is None else data, "")
+    config.security.resolve(base_dir, "security")
     for name, op in config.op.items():
         if op.server_endpoints or (op.local_service_conf and op.local_service_conf.client_type != "local_predictor"):
             _resolve_remote(op, f"op.{name}", base_dir)

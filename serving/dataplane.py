@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serving import metrics
-from serving.errors import ClosedError, InitError, ServiceNotFoundError, error_of
+from serving.errors import ClosedError, InitError, OverloadedError, ServiceNotFoundError, error_of, http_status_of
+from serving.logs import request_line
 
 log = logging.getLogger("serving.dataplane")
 
@@ -27,6 +28,7 @@ class PipelineRequest:
     method: str = ""
     logid: int = 0
     clientip: str = ""
+    timeout_ms: float = 0.0  # the caller's own deadline (gRPC deadline, X-Request-Timeout-Ms); 0: none
 
 
 @dataclass
@@ -37,6 +39,7 @@ class PipelineResponse:
     err_msg: str = ""
     keys: list[str] = field(default_factory=list)
     values: list[str] = field(default_factory=list)
+    http_status: int = 200
 
     @classmethod
     def from_result(cls, result: dict[str, str]) -> "PipelineResponse":
@@ -47,7 +50,7 @@ class PipelineResponse:
     def from_error(cls, exc: BaseException) -> "PipelineResponse":
         """Failure: err_no and err_msg from the one error table."""
         err_no, err_msg = error_of(exc)
-        return cls(err_no=err_no, err_msg=err_msg)
+        return cls(err_no=err_no, err_msg=err_msg, http_status=http_status_of(exc))
 
 
 class DataPlane:
@@ -57,8 +60,9 @@ class DataPlane:
     err_no 3003 and /ready is 503.
     """
 
-    def __init__(self, service_name: str) -> None:
+    def __init__(self, service_name: str, max_inflight: int = 1 << 30) -> None:
         self.service_name = service_name
+        self.max_inflight = max_inflight
         self._run: Callable[[PipelineRequest], dict[str, str]] | None = None
         self.metadata: dict = {}
         self._inflight = 0
@@ -99,7 +103,11 @@ class DataPlane:
         metrics.INFLIGHT.inc(protocol=protocol)
         with self._idle:
             self._inflight += 1
+            inflight = self._inflight
         try:
+            if inflight > self.max_inflight:
+                raise OverloadedError(f"{inflight - 1} requests in flight reach limits.max_inflight "
+                                      f"({self.max_inflight}); retry later or on another instance")
             self.check_route(request.name, request.method)
             if self._closing:
                 raise ClosedError("the service is stopping; retry on another instance")
@@ -118,5 +126,5 @@ class DataPlane:
         elapsed = time.perf_counter() - started
         metrics.REQUESTS.inc(protocol=protocol, err_no=response.err_no)
         metrics.LATENCY.observe(elapsed, protocol=protocol)
-        log.info("logid %s %s err_no %s %.1f ms", request.logid, protocol, response.err_no, elapsed * 1e3)
+        request_line(log, request.logid, protocol, response.err_no, elapsed)
         return response

@@ -11,6 +11,7 @@ class ErrorCode(IntEnum):
     CLOSED = 3001
     NO_SERVICE = 3002
     INIT_ERROR = 3003
+    UNAUTHENTICATED = 3004  # this kit's: security.auth_token_env is set and the call lacks the token
     CONFIG = 4000
     INPUT = 5000
     TIMEOUT = 6000
@@ -54,6 +55,22 @@ class InputError(ServingError):
     code = ErrorCode.INPUT
 
 
+class AuthError(ServingError):
+    """The call lacks the configured token (HTTP 401, gRPC UNAUTHENTICATED, baidu_std ERPCAUTH)."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PayloadTooLargeError(InputError):
+    """A declared size (Content-Length, frame header, image header, image count) is over a limit."""
+
+
+class OverloadedError(ServingError):
+    """Too many requests in flight or queued: rejected at once instead of queued without bound."""
+
+    code = ErrorCode.INPUT  # Paddle Serving has no overload code; every limit is err_no 5000
+
+
 class ServiceNotFoundError(ServingError):
     """The request names a service this server does not run."""
 
@@ -86,6 +103,16 @@ class ClosedError(ServingError):
 
 class ProductError(ServingError):
     """An error an op's own code reported through its prod_errcode (50-99 by convention)."""
+
+
+# HTTP status of the errors a proxy or load balancer must see; every other error, limits included, is HTTP 200
+# with err_no, as Paddle Serving's HTTP clients expect.
+HTTP_STATUS: dict[type[ServingError], int] = {AuthError: 401, OverloadedError: 503}
+
+
+def http_status_of(exc: BaseException) -> int:
+    """The HTTP status that carries `exc`'s err_no body."""
+    return next((status for kind, status in HTTP_STATUS.items() if isinstance(exc, kind)), 200)
 
 
 def error_of(exc: BaseException) -> tuple[int, str]:

@@ -1,4 +1,4 @@
-"""Crash-safe file writes: readers see the old file or the new one, never half of one."""
+"""Files: crash-safe writes (readers see the old file or the new one, never half) and paths kept inside a folder."""
 
 import os
 import tempfile
@@ -31,3 +31,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """UTF-8 text flavour of `atomic_write_bytes`."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def inside(folder: Path, name: str | Path) -> Path | None:
+    """`folder / name` with links resolved, or None when that lands outside `folder` (`../x`, `/etc/x`, a link out)."""
+    root = Path(folder).resolve()
+    path = (root / name).resolve()
+    return path if path.is_relative_to(root) else None

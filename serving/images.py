@@ -5,7 +5,7 @@ import struct
 import cv2
 import numpy as np
 
-from serving.errors import InputError
+from serving.errors import InputError, PayloadTooLargeError
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -36,6 +36,13 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     if data[:2] == b"\xff\xd8":
         return _jpeg_size(data)
     return None
+
+
+def check_image_count(count: int, limit: int) -> None:
+    """Refuse a request with too many images before any of them is decoded."""
+    if count > limit:
+        raise PayloadTooLargeError(f"request has {count} images, above the limit of {limit} "
+                                   "(limits.max_images_per_request)")
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:

@@ -105,8 +105,9 @@ STAGE = Histogram("serving_stage_seconds", "Time per op stage (preprocess, proce
                   LATENCY_BUCKETS)
 BATCH = Histogram("serving_batch_size", "Rows per predictor call, by op.", BATCH_BUCKETS)
 INFLIGHT = Gauge("serving_inflight_requests", "Requests being answered now, by protocol.")
+QUEUE = Gauge("serving_op_queue_depth", "Requests waiting for a thread of the op, by op.")
 RSS = Gauge("process_resident_memory_bytes", "Resident memory of this process.", resident_bytes)
-ALL = (REQUESTS, LATENCY, STAGE, BATCH, INFLIGHT, RSS)
+ALL = (REQUESTS, LATENCY, STAGE, BATCH, INFLIGHT, QUEUE, RSS)
 
 
 def render() -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 from serving.errors import InitError
+from serving.files import inside
 from serving.preprocess import Transforms
 
 CARD_FILE = "model_card.yaml"
@@ -47,7 +48,10 @@ def load_card(server_dir: str | Path) -> ModelCard:
     root = Path(server_dir).parent
     try:
         card = yaml.safe_load((root / CARD_FILE).read_text(encoding="utf-8"))
-        labels_text = (root / card["labels"]).read_text(encoding="utf-8")
+        labels_path = inside(root, card["labels"])
+        if labels_path is None:
+            raise InitError(f"the model card's labels file {card['labels']!r} is outside the model folder {root}")
+        labels_text = labels_path.read_text(encoding="utf-8")
         transforms = Transforms.from_card(card["preprocessing"])
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise InitError(f"cannot read the model card in {root} ({exc}); "

@@ -2,6 +2,7 @@
 
     python -m serving.model_server --model DIR/serving_server --port 9292 [--thread 4] [--gpu_ids 0]
         [--use_trt --precision fp16] [--mem_optim | --mem_optim_off] [--ir_optim] [--use_mkldnn] [--grpc_port 9393]
+        [--tls_cert FILE --tls_key FILE] [--auth_token_env VAR]
 
 One port answers baidu_std (brpc) `GeneralModelService.inference`/`.debug` and HTTP
 `POST /GeneralModelService/inference`; gRPC for the same service is on `--grpc_port`, because
@@ -23,12 +24,14 @@ import grpc
 
 from serving.config import LocalServiceConf
 from serving.errors import ConfigError, ServingError
+from serving.logs import FORMATS, setup_logging
 from serving.model_card import load_card
 from serving.model_config import SERVER_CONF, read_config
 from serving.model_service import SERVICE_NAME, ModelService, ModelServicer, http_routes, rpc_service
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.protocols.brpc_server import BrpcServer, ServerLimits
 from serving.protocols.health import add_health
+from serving.security import SecurityConfig, add_grpc_port, grpc_interceptors
 
 log = logging.getLogger("serving.model_server")
 
@@ -53,8 +56,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     memory.add_argument("--mem_optim_off", dest="mem_optim", action="store_false", help="no memory optimisation")
     parser.add_argument("--max_body_bytes", type=int, default=64 * 2**20, help="largest accepted message")
     parser.add_argument("--max_image_pixels", type=int, default=40_000_000, help="largest accepted image")
+    parser.add_argument("--max_images_per_request", type=int, default=64, help="most image files in one request")
+    parser.add_argument("--max_inflight", type=int, default=256,
+                        help="requests answered at once; beyond it: ELIMIT / RESOURCE_EXHAUSTED / HTTP 503")
+    parser.add_argument("--log_format", choices=FORMATS, help="text (default) or json lines; or $SERVING_LOG_FORMAT")
     parser.add_argument("--idle_timeout_s", type=float, default=60.0, help="close connections idle this long")
+    parser.add_argument("--tls_cert", default="", help="PEM certificate: every port speaks TLS (with --tls_key)")
+    parser.add_argument("--tls_key", default="", help="PEM private key of --tls_cert (unencrypted)")
+    parser.add_argument("--auth_token_env", default="",
+                        help="name of the environment variable holding the token every call must carry")
     return parser.parse_args(argv)
+
+
+def security_from_args(args: argparse.Namespace) -> SecurityConfig:
+    """The TLS and token flags, checked like config.yml's `security` (relative paths against the cwd)."""
+    security = SecurityConfig(args.tls_cert, args.tls_key, args.auth_token_env)
+    security.validate("--flags")
+    security.resolve(Path.cwd(), "--flags")
+    return security
 
 
 def build_service(args: argparse.Namespace) -> ModelService:
@@ -73,7 +92,7 @@ def build_service(args: argparse.Namespace) -> ModelService:
     predictor = LocalPredictor(settings_from_conf(conf, model_config, path="--flags"), model_config,
                                pool_size=args.thread)
     card = load_card(folder) if (folder.parent / "model_card.yaml").is_file() else None
-    return ModelService(predictor, model_config, card, args.max_image_pixels)
+    return ModelService(predictor, model_config, card, args.max_image_pixels, args.max_images_per_request)
 
 
 class ModelServer:
@@ -81,8 +100,11 @@ class ModelServer:
 
     def __init__(self, service: ModelService, args: argparse.Namespace) -> None:
         self.args = args
-        limits = ServerLimits(max_body_bytes=args.max_body_bytes, idle_timeout_s=args.idle_timeout_s)
-        self.brpc = BrpcServer([rpc_service(service)], http_routes(service), args.thread, limits)
+        self.security = security_from_args(args)
+        limits = ServerLimits(max_body_bytes=args.max_body_bytes, idle_timeout_s=args.idle_timeout_s,
+                              max_inflight=args.max_inflight)
+        self.brpc = BrpcServer([rpc_service(service)], http_routes(service), args.thread, limits,
+                               security=self.security)
         self.grpc: grpc.Server | None = None
         self.servicer = ModelServicer(service)
         self.loop = asyncio.new_event_loop()
@@ -95,10 +117,12 @@ class ModelServer:
         if self.args.grpc_port is not None:
             options = [("grpc.max_receive_message_length", self.args.max_body_bytes),
                        ("grpc.max_send_message_length", self.args.max_body_bytes)]
-            self.grpc = grpc.server(futures.ThreadPoolExecutor(self.args.thread), options=options)
+            self.grpc = grpc.server(futures.ThreadPoolExecutor(self.args.thread), options=options,
+                                    interceptors=grpc_interceptors(self.security),
+                                    maximum_concurrent_rpcs=self.args.max_inflight)  # beyond: RESOURCE_EXHAUSTED
             gm_grpc.add_GeneralModelServiceServicer_to_server(self.servicer, self.grpc)
             add_health(self.grpc, lambda: True, [SERVICE_NAME])
-            self.grpc_port = self.grpc.add_insecure_port(f"0.0.0.0:{self.args.grpc_port}")
+            self.grpc_port = add_grpc_port(self.grpc, f"0.0.0.0:{self.args.grpc_port}", self.security)
             self.grpc.start()
         return self
 
@@ -114,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; bad flags or model are one line and exit code 2."""
     os.environ.setdefault("GLOG_minloglevel", "2")
     warnings.filterwarnings("ignore", message="No ccache found")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    setup_logging(args.log_format)
     try:
         server = ModelServer(build_service(args), args).start()
     except (ServingError, OSError) as exc:

@@ -3,13 +3,17 @@
 import base64
 import binascii
 import logging
+import time
 
 import grpc
 import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
+from serving import metrics
 from serving.errors import InputError, error_of
+from serving.images import check_image_count
+from serving.logs import request_line
 from serving.model_card import ModelCard
 from serving.proto import general_model_service_pb2 as gm
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
@@ -28,15 +32,25 @@ class ModelService:
     """Feeds in (tensors, or image files as base64 STRING), predictor, outputs out; errors in err_no."""
 
     def __init__(self, predictor: object, model_config: GeneralModelConfig, card: ModelCard | None,
-                 max_image_pixels: int) -> None:
+                 max_image_pixels: int, max_images: int = 64) -> None:
         self.predictor = predictor
         self.model_config = model_config
         self.card = card
         self.max_image_pixels = max_image_pixels
+        self.max_images = max_images
         self.names = {var.alias_name: var.name for var in model_config.fetch_var}
 
-    def infer(self, request: gm.Request) -> gm.Response:
-        """Never raises: failures come back as err_no / err_msg, as Paddle Serving's clients expect."""
+    def infer(self, request: gm.Request, protocol: str) -> gm.Response:
+        """Never raises: failures come back as err_no / err_msg, as Paddle Serving's clients expect; one log line."""
+        started = time.perf_counter()
+        response = self._answer(request)
+        elapsed = time.perf_counter() - started
+        metrics.REQUESTS.inc(protocol=protocol, err_no=response.err_no)
+        metrics.LATENCY.observe(elapsed, protocol=protocol)
+        request_line(log, request.log_id, protocol, response.err_no, elapsed)
+        return response
+
+    def _answer(self, request: gm.Request) -> gm.Response:
         try:
             feed = {self._feed_key(tensor): self._feed_value(tensor) for tensor in request.tensor}
             if not feed:
@@ -65,6 +79,7 @@ class ModelService:
             raise InputError("this model has no model card, so it cannot preprocess image files; send FP32 tensors")
         if not tensor.data:
             raise InputError(f"feed {tensor.alias_name or tensor.name!r} holds no image")
+        check_image_count(len(tensor.data), self.max_images)
         images = []
         for index, text in enumerate(tensor.data):
             try:
@@ -86,7 +101,7 @@ def rpc_service(service: ModelService) -> RpcService:
             raise PayloadError(f"payload is not a GeneralModelService Request: {exc}") from None
         if not request.log_id and log_id > 0:
             request.log_id = log_id  # brpc clients may set it only in RpcMeta
-        return service.infer(request).SerializeToString(), b""
+        return service.infer(request, "brpc").SerializeToString(), b""
 
     return RpcService(SERVICE_NAME, {"inference": call, "debug": call})
 
@@ -100,7 +115,7 @@ def http_routes(service: ModelService) -> dict[str, Route]:
         except (json_format.ParseError, UnicodeDecodeError) as exc:
             error = gm.Response(err_no=5000, err_msg=f"body is not a JSON GeneralModelService Request: {exc}")
             return 400, _json(error)
-        return 200, _json(service.infer(request))
+        return 200, _json(service.infer(request, "http"))
 
     return {f"/{name}/{method}": call for name in (SERVICE_NAME, SERVICE_NAME.rsplit(".", 1)[-1])
             for method in ("inference", "debug")}
@@ -118,10 +133,11 @@ class ModelServicer(gm_grpc.GeneralModelServiceServicer):
         self.service = service
 
     def inference(self, request: gm.Request, context: grpc.ServicerContext) -> gm.Response:
-        """Errors travel in err_no / err_msg."""
-        return self.service.infer(request)
+        """Errors travel in err_no / err_msg; a call whose deadline passed while it was queued is not computed."""
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed while it was queued")
+        return self.service.infer(request, "grpc")
 
-    def debug(self, request: gm.Request, context: grpc.ServicerContext) -> gm.Response:
-        """Same as inference."""
-        return self.service.infer(request)
+    debug = inference
 

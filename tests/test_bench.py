@@ -1,21 +1,33 @@
-"""`python -m serving.bench`: statistics, table formatting and report shapes, plus one real `engines` run."""
+"""`python -m serving.bench`: statistics, tables and report shapes, plus short real runs of every subcommand."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from serving.bench.__main__ import build_parser
-from serving.bench.e2e import plan, result_row
+from serving.bench.batching import summarize_models
+from serving.bench.e2e import overhead_report, plan, result_row
 from serving.bench.engines import CPU_ENGINES
-from serving.bench.load import LoadResult, build_payloads
+from serving.bench.load import LoadResult, build_payloads, drive_threads
+from serving.bench.memory import process_tree, rss_bytes, tree_rss_bytes
 from serving.bench.models import WorkerError, run_worker
 from serving.bench.plots import write_plots
-from serving.bench.report import e2e_markdown, engines_markdown, markdown_table
+from serving.bench.report import (
+    batching_markdown,
+    ceiling_markdown,
+    e2e_markdown,
+    engines_markdown,
+    markdown_table,
+    overhead_markdown,
+    readme,
+    write_outputs,
+)
 from serving.bench.servers import ServerError, wait_for_ports
 from serving.bench.stats import percentile, rate, summarize
 
@@ -98,8 +110,14 @@ def test_command_line_defaults_and_bad_values(capsys: pytest.CaptureFixture) -> 
     args = build_parser().parse_args(["all"])
     assert (args.batches, args.runs, args.warmup, args.threads, args.workers) == ([1, 4, 8], 20, 5, 2, 2)
     assert (args.concurrency, args.protocols, args.targets) == ([1, 2, 4, 8, 16], ["http", "grpc", "brpc"],
-                                                                ["pipeline", "model_server"])
-    assert args.model == "SqueezeNet1_1" and len(args.models) == 5
+                                                                ["pipeline", "pipeline_procs", "model_server"])
+    assert args.model == "SqueezeNet1_1" and len(args.models) == 5 and args.images == 1
+    args = build_parser().parse_args(["batching"])
+    assert (args.protocol, args.concurrency, args.min_requests, args.batch_size, args.batching_timeout_ms,
+            len(args.models)) == ("http", 8, 200, 4, 2, 5)
+    args = build_parser().parse_args(["memory"])
+    assert (args.model, args.requests, args.warmup_requests, args.concurrency, args.protocols, args.checkpoints) == (
+        "SqueezeNet1_1", 10000, 200, 4, ["http", "grpc"], 10)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["e2e", "--concurrency", "0"])
     assert "0 is not >= 1" in capsys.readouterr().err
@@ -138,8 +156,8 @@ def engines_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = subprocess.run(command, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == [f"wrote {tmp / 'results' / 'engines.json'}",
-                                       f"wrote {tmp / 'results' / 'engines.md'}"]
+    assert run.stdout.splitlines() == [f"wrote {tmp / 'results' / name}"
+                                       for name in ("engines.json", "engines.md", "README.md")]
     return tmp
 
 
@@ -169,3 +187,166 @@ def test_request_payloads_match_each_protocol(engines_run: Path) -> None:
                                                             "shape": [2], "data": ["anBlZw=="] * 2}],
                                                "fetch_var_names": ["prediction"]}
     assert payloads.brpc_feed == {"x": ["anBlZw=="] * 2}
+
+
+def ceiling_row(workers: int, preprocess_ms: float, predict_ms: float) -> dict:
+    """One in-process ceiling measurement, as run_ceiling returns it (statistics trimmed to the p50s)."""
+    return {"model": "SqueezeNet1_1", "engine": "onnxruntime", "workers": workers, "threads": 2,
+            "image": "export/data/images/daisy.jpg", "seconds": 5.0, "images_per_s": 100.0 * workers,
+            "preprocess": {"median_ms": preprocess_ms}, "predict": {"median_ms": predict_ms},
+            "total": {"median_ms": preprocess_ms + predict_ms}}
+
+
+def test_ceiling_table_has_a_row_per_worker_count() -> None:
+    lines = ceiling_markdown({"results": [ceiling_row(2, 2.5, 14.0), ceiling_row(1, 2.0, 6.5)]}).splitlines()
+    assert "| SqueezeNet1_1 | onnxruntime | 2 × 2 | 200.0 | 2.50 | 14.00 | 16.50 |" in lines
+    assert lines[-1] == "| SqueezeNet1_1 | onnxruntime | 1 × 2 | 100.0 | 2.00 | 6.50 | 8.50 |"
+
+
+def test_overhead_subtracts_the_one_worker_ceiling_and_applies_each_protocols_target() -> None:
+    def row(target: str, protocol: str, concurrency: int, p50: float | None) -> dict:
+        return {"target": target, "protocol": protocol, "concurrency": concurrency, "p50_ms": p50}
+
+    e2e = {"settings": {"images_per_request": 1},
+           "results": [row("pipeline", "http", 1, 10.0), row("pipeline", "http", 4, 30.0),
+                       row("pipeline", "grpc", 1, 10.25), row("model_server", "brpc", 1, None),
+                       row("model_server", "http", 1, 8.0)]}
+    single = ceiling_row(1, 2.0, 6.5)
+    report = overhead_report(e2e, single)
+    assert report["ceiling"] is single
+    assert [(r["protocol"], r["overhead_ms"], r["limit_ms"], r["met"]) for r in report["results"]] == [
+        ("http", pytest.approx(1.5), 2.5, True), ("grpc", pytest.approx(1.75), 1.5, False), ("brpc", None, 1.5, False),
+        ("http", pytest.approx(-0.5), 2.5, True)]
+    lines = overhead_markdown(report).splitlines()
+    assert "| pipeline | http | 10.00 | 2.00 | 6.50 | 1.50 | ≤ 2.5 | met |" in lines
+    assert "| pipeline | grpc | 10.25 | 2.00 | 6.50 | 1.75 | ≤ 1.5 | **missed** |" in lines
+    assert "| model_server | brpc | – | 2.00 | 6.50 | – | ≤ 1.5 | **missed** |" in lines
+    assert lines[-1].startswith("- model_server/http: negative overhead")
+    assert overhead_report({**e2e, "settings": {"images_per_request": 2}}, single) is None
+    assert overhead_report({**e2e, "results": e2e["results"][1:2]}, single) is None
+
+
+def test_batching_summary_flags_a_throughput_loss_above_5_percent() -> None:
+    def row(model: str, batching: bool, images_per_s: float) -> dict:
+        return {"model": model, "engine": "onnxruntime", "batching": batching, "requests_per_s": images_per_s,
+                "images_per_s": images_per_s, "p50_ms": 40.0, "p99_ms": 80.0, "mean_batch": 2.5 if batching else 1.0,
+                "errors": 0, "first_error": ""}
+
+    rows = [row("AlexNet", False, 100.0), row("AlexNet", True, 90.0), row("DarkNet53", False, 8.0),
+            row("DarkNet53", True, 7.6)]
+    summary = summarize_models(rows)
+    assert [(s["model"], s["ratio"], s["met"]) for s in summary] == [
+        ("AlexNet", pytest.approx(0.9), False), ("DarkNet53", pytest.approx(0.95), True)]
+    settings = {"protocol": "http", "concurrency": 8, "images_per_request": 1, "workers": 2, "threads": 2,
+                "batch_size": 4, "auto_batching_timeout_ms": 2, "warmup_s": 2.0, "seconds": 10.0, "min_requests": 200,
+                "min_ratio": 0.95}
+    lines = batching_markdown({"settings": settings, "results": rows, "summary": summary}).splitlines()
+    assert "| AlexNet | onnxruntime | off | 100.0 | 100.0 | 40.0 | 80.0 | 1.00 | 0 |  |" in lines
+    assert "| AlexNet | onnxruntime | on | 90.0 | 90.0 | 40.0 | 80.0 | 2.50 | 0 | 0.90 |" in lines
+    assert lines[-1] == "- AlexNet: batching on/off = 0.90, below 0.95"
+
+
+def test_a_request_limit_ends_the_load_after_exactly_that_many_timed_calls() -> None:
+    calls = []
+
+    class Caller:
+        def __call__(self) -> None:
+            calls.append(1)
+            time.sleep(0.001)
+
+        def close(self) -> None:
+            pass
+
+    result = drive_threads(Caller, concurrency=3, seconds=60, requests=7)
+    assert len(result.latencies_s) == 7 and len(calls) == 7 + 3 and result.wall_s < 30  # + one untimed call each
+
+
+def test_rss_is_summed_over_the_process_tree() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; x = b'1' * (64 << 20); print(); "
+                              "sys.stdout.flush(); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()  # the 64 MiB are written
+        assert child.pid in process_tree(os.getpid())
+        assert rss_bytes(child.pid) > 64 << 20
+        total, processes = tree_rss_bytes(os.getpid())
+        assert processes >= 2 and total >= rss_bytes(os.getpid()) + (64 << 20)
+    finally:
+        child.kill()
+        child.wait()
+    assert rss_bytes(child.pid) == 0
+
+
+def test_readme_shows_each_table_under_the_command_that_made_it(tmp_path: Path) -> None:
+    machine = {"cores": 2, "usable_cores": 2, "cpu": "EPYC", "python": "3.11", "paddle": "paddle 3",
+               "onnxruntime": "onnxruntime 1", "platform": "Linux"}
+    for name, command in (("engines", "all"), ("ceiling", "all"), ("batching", "batching"), ("memory", "memory")):
+        write_outputs(tmp_path, name, {"command": command, "machine": machine}, f"{name} table\n")
+    (tmp_path / "e2e.md").write_text("no JSON beside it: left out\n")
+    text = readme(tmp_path)
+    assert text.splitlines()[:9] == ["# Benchmark results", "", "## Engines", "", "Command: `all`", "",
+                                     "Machine: 2 cores (2 usable), EPYC; Python 3.11, paddle 3, onnxruntime 1; Linux",
+                                     "", "engines table"]
+    assert "## In-process ceiling\n\nceiling table\n" in text and "left out" not in text
+    assert "## Dynamic batching\n\nCommand: `batching`\n\nbatching table\n" in text
+    assert text.endswith("## Memory\n\nCommand: `memory`\n\nmemory table\n")
+
+
+def bench(engines_run: Path, name: str, *argv: str) -> Path:
+    """One real `python -m serving.bench` subcommand into a fresh folder, on the fixture's exported SqueezeNet1_1."""
+    out = engines_run / name
+    command = [sys.executable, "-m", "serving.bench", name, *argv, "--out", str(out), "--models-dir",
+               str(engines_run / "models")]
+    run = subprocess.run(command, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == f"wrote {out / 'README.md'}"
+    return out
+
+
+def test_e2e_writes_both_ceilings_and_the_overhead_of_the_same_run(engines_run: Path) -> None:
+    out = bench(engines_run, "e2e", "--targets", "pipeline", "--protocols", "grpc", "--concurrency", "1", "--seconds",
+                "0.5")
+    ceilings = json.loads((out / "ceiling.json").read_text())["results"]
+    assert [(c["workers"], c["threads"]) for c in ceilings] == [(2, 2), (1, 2)]
+    overhead = json.loads((out / "overhead.json").read_text())
+    assert overhead["ceiling"] == ceilings[1] and overhead["command"].startswith("python -m serving.bench e2e")
+    (row,) = overhead["results"]
+    (e2e_row,) = json.loads((out / "e2e.json").read_text())["results"]
+    assert (row["target"], row["protocol"], row["limit_ms"], row["e2e_p50_ms"]) == ("pipeline", "grpc", 1.5,
+                                                                                    e2e_row["p50_ms"])
+    assert row["preprocess_p50_ms"] == ceilings[1]["preprocess"]["median_ms"] > 0
+    assert row["overhead_ms"] == pytest.approx(row["e2e_p50_ms"] - row["preprocess_p50_ms"] - row["predict_p50_ms"])
+    assert row["met"] == (row["overhead_ms"] <= 1.5)
+    text = (out / "README.md").read_text()
+    assert [line for line in text.splitlines() if line.startswith("## ")] == [
+        "## In-process ceiling", "## End to end", "## Overhead at concurrency 1"]
+    assert text.count("Command: ") == 1
+
+
+def test_batching_runs_the_pipeline_with_and_without_merging(engines_run: Path) -> None:
+    out = bench(engines_run, "batching", "--models", "SqueezeNet1_1", "--seconds", "1", "--min-requests", "5",
+                "--concurrency", "4")
+    report = json.loads((out / "batching.json").read_text())
+    off, on = report["results"]
+    assert (off["batching"], on["batching"], on["batch_size"], on["auto_batching_timeout"]) == (False, True, 4, 2)
+    assert "batch_size" not in off and off["mean_batch"] == 1.0 and 1.0 <= on["mean_batch"] <= 4.0
+    for row in (off, on):
+        assert row["model"] == "SqueezeNet1_1" and row["errors"] == 0 and row["requests"] >= 5
+        assert row["images_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+    (summary,) = report["summary"]
+    assert summary["ratio"] == pytest.approx(on["images_per_s"] / off["images_per_s"])
+    assert summary["met"] == (summary["ratio"] >= 0.95)
+    table = (out / "batching.md").read_text()
+    assert "| SqueezeNet1_1 | onnxruntime | on |" in table and "## Dynamic batching" in (out / "README.md").read_text()
+
+
+def test_memory_reads_the_servers_rss_after_warm_up_and_after_each_round(engines_run: Path) -> None:
+    out = bench(engines_run, "memory", "--requests", "50", "--warmup-requests", "10", "--checkpoints", "2",
+                "--concurrency", "2")
+    report = json.loads((out / "memory.json").read_text())
+    rows = report["results"]
+    assert [row["requests"] for row in rows] == [0, 25, 50]
+    assert all(row["rss_bytes"] > 50 << 20 and row["processes"] >= 1 and row["errors"] == 0 for row in rows)
+    assert report["ratio"] == pytest.approx(rows[-1]["rss_bytes"] / rows[0]["rss_bytes"])
+    assert report["met"] == (report["ratio"] <= 1.1) and report["settings"]["protocols"] == ["http", "grpc"]
+    assert "RSS after 50 requests ÷ RSS after warm-up: **" in (out / "memory.md").read_text()

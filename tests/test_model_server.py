@@ -234,6 +234,25 @@ def test_http_errors(server: ModelServer) -> None:
     good_request_works(server)
 
 
+def test_probes_and_metrics_on_the_brpc_port(server: ModelServer) -> None:
+    good_request_works(server)
+    base = f"http://127.0.0.1:{server.port}"
+    for path in ("/health", "/ready"):
+        with urllib.request.urlopen(base + path, timeout=10) as answer:
+            assert answer.status == 200 and json.loads(answer.read()) == {"status": "ok"}
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    assert answer.headers["Content-Type"].startswith("text/plain")
+    assert 'serving_requests_total{err_no="0",protocol="brpc"}' in text and "process_resident_memory_bytes" in text
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(base + "/nope", timeout=10)
+    assert error.value.code == 404
+    request = urllib.request.Request(base + "/health", method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=10)
+    assert error.value.code == 405
+
+
 def test_a_bad_model_folder_is_one_clear_error(tmp_path: Path) -> None:
     from serving.errors import ConfigError
 

@@ -1,13 +1,19 @@
-"""`python -m serving.bench engines | ceiling | e2e | all`: the README's performance tables, measured here.
+"""`python -m serving.bench engines | ceiling | e2e | all | batching | memory`: the README's performance tables.
 
     python -m serving.bench engines [--models ...] [--batches 1 4 8] [--runs 20] [--warmup 5] [--threads 2]
     python -m serving.bench ceiling [--model SqueezeNet1_1] [--engine auto] [--workers 2] [--seconds 5]
     python -m serving.bench e2e [--protocols http grpc brpc] [--targets pipeline model_server]
                                 [--concurrency 1 2 4 8 16] [--seconds 5] [--images 1]
     python -m serving.bench all [every option above]
+    python -m serving.bench batching [--models ...] [--protocol http] [--concurrency 8] [--seconds 5]
+                                     [--min-requests 200] [--batch-size 4] [--batching-timeout-ms 2]
+    python -m serving.bench memory [--model SqueezeNet1_1] [--requests 10000] [--warmup-requests 200]
+                                   [--concurrency 4] [--protocols http grpc] [--checkpoints 10]
 
-Results go to --out (default bench/results) as JSON (raw numbers) and Markdown (tables); models are exported
-once into --models-dir (default bench/models, git-ignored by a .gitignore the first export writes there).
+Results go to --out (default bench/results) as JSON (raw numbers) and Markdown (tables), and README.md there is
+rebuilt from every table in --out after each run; `ceiling` measures the servers' budget and 1 worker, `e2e`
+(and `all`) also writes the ceiling and the overhead at concurrency 1 of that same run. Models are exported once
+into --models-dir (default bench/models, git-ignored by a .gitignore the first export writes there).
 """
 
 import argparse
@@ -19,11 +25,13 @@ import warnings
 from pathlib import Path
 
 from export.errors import ExportError
-from serving.bench.ceiling import resolved_budget, run_ceiling, write_ceiling
-from serving.bench.e2e import PROTOCOLS, run_e2e, write_e2e
+from serving.bench.batching import run_batching, write_batching
+from serving.bench.ceiling import resolved_budget, run_ceilings, write_ceiling
+from serving.bench.e2e import PROTOCOLS, TARGET_PROTOCOLS, overhead_report, run_e2e, write_e2e, write_overhead
 from serving.bench.engines import run_engines, write_engines
+from serving.bench.memory import run_memory, write_memory
 from serving.bench.models import DEFAULT_MODELS_DIR, MODEL_NAMES, ROOT, WorkerError, ensure_model
-from serving.bench.report import machine_info, readme
+from serving.bench.report import machine_info, write_readme
 from serving.bench.servers import TARGETS, Budget, ServerError
 from serving.errors import ServingError
 
@@ -55,30 +63,59 @@ def positive_float(text: str) -> float:
 
 
 def _option_groups() -> dict[str, argparse.ArgumentParser]:
-    """Option sets shared between subcommands (`all` takes every one)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
-    common.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
-                        help="exported-model cache, reused when complete")
-    common.add_argument("--threads", type=positive, default=2, help="math threads per predictor (thread_num)")
-    engines = argparse.ArgumentParser(add_help=False)
-    engines.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
-    engines.add_argument("--batches", nargs="+", type=positive, default=[1, 4, 8])
-    engines.add_argument("--runs", type=positive, default=20, help="timed runs per batch size")
-    engines.add_argument("--warmup", type=non_negative, default=5, help="untimed runs per batch size")
-    serving = argparse.ArgumentParser(add_help=False)
-    serving.add_argument("--model", choices=MODEL_NAMES, default="SqueezeNet1_1", help="model for ceiling and e2e")
-    serving.add_argument("--engine", choices=("auto", "paddle", "onnxruntime"), default="auto",
-                         help="engine of the ceiling and the servers (auto: as the servers resolve it)")
-    serving.add_argument("--workers", type=positive, default=2,
-                         help="concurrent predictions: ceiling threads, op concurrency, model server --thread")
-    serving.add_argument("--seconds", type=positive_float, default=5.0, help="measured seconds per ceiling/e2e run")
-    e2e = argparse.ArgumentParser(add_help=False)
-    e2e.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
-    e2e.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
-    e2e.add_argument("--concurrency", nargs="+", type=positive, default=[1, 2, 4, 8, 16])
-    e2e.add_argument("--images", type=positive, default=1, help="images per request")
-    return {"common": common, "engines": engines, "serving": serving, "e2e": e2e}
+    """Option sets shared between subcommands (`all` takes those of engines, ceiling and e2e)."""
+    groups = {name: argparse.ArgumentParser(add_help=False)
+              for name in ("common", "models", "engines", "model", "budget", "seconds", "images", "e2e", "batching",
+                           "memory")}
+    groups["common"].add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    groups["common"].add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
+                                  help="exported-model cache, reused when complete")
+    groups["common"].add_argument("--threads", type=positive, default=2, help="math threads per predictor (thread_num)")
+    groups["models"].add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
+    groups["engines"].add_argument("--batches", nargs="+", type=positive, default=[1, 4, 8])
+    groups["engines"].add_argument("--runs", type=positive, default=20, help="timed runs per batch size")
+    groups["engines"].add_argument("--warmup", type=non_negative, default=5, help="untimed runs per batch size")
+    groups["model"].add_argument("--model", choices=MODEL_NAMES, default="SqueezeNet1_1",
+                                 help="model for ceiling, e2e and memory")
+    groups["budget"].add_argument("--engine", choices=("auto", "paddle", "onnxruntime"), default="auto",
+                                  help="engine of the ceiling and the servers (auto: as the servers resolve it)")
+    groups["budget"].add_argument("--workers", type=positive, default=2,
+                                  help="concurrent predictions: ceiling threads, op concurrency, model server --thread")
+    groups["seconds"].add_argument("--seconds", type=positive_float, default=5.0,
+                                   help="measured seconds per ceiling/e2e row (batching: the least per row)")
+    groups["images"].add_argument("--images", type=positive, default=1, help="images per request")
+    _e2e_options(groups["e2e"])
+    _batching_options(groups["batching"])
+    _memory_options(groups["memory"])
+    return groups
+
+
+def _e2e_options(group: argparse.ArgumentParser) -> None:
+    """Which servers, protocols and load levels the e2e table covers."""
+    group.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
+    group.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    group.add_argument("--concurrency", nargs="+", type=positive, default=[1, 2, 4, 8, 16])
+
+
+def _batching_options(group: argparse.ArgumentParser) -> None:
+    """The saturating load and the op keys of the batching comparison."""
+    group.add_argument("--protocol", choices=TARGET_PROTOCOLS["pipeline"], default="http")
+    group.add_argument("--concurrency", type=positive, default=8, help="concurrent clients (saturating)")
+    group.add_argument("--min-requests", type=positive, default=200,
+                       help="each row also runs long enough for this many requests at the warm-up's rate")
+    group.add_argument("--batch-size", type=positive, default=4, help="op batch_size when batching is on")
+    group.add_argument("--batching-timeout-ms", type=positive, default=2,
+                       help="op auto_batching_timeout (ms) when batching is on")
+
+
+def _memory_options(group: argparse.ArgumentParser) -> None:
+    """How many requests, how they are sent, and how often RSS is read."""
+    group.add_argument("--requests", type=positive, default=10000, help="requests after warm-up")
+    group.add_argument("--warmup-requests", type=positive, default=200, help="requests before the first reading")
+    group.add_argument("--concurrency", type=positive, default=4, help="concurrent clients")
+    group.add_argument("--protocols", nargs="+", choices=TARGET_PROTOCOLS["pipeline"],
+                       default=list(TARGET_PROTOCOLS["pipeline"]), help="requests are split evenly over these")
+    group.add_argument("--checkpoints", type=positive, default=10, help="RSS readings after warm-up")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,8 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serving.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    uses = {"engines": ("common", "engines"), "ceiling": ("common", "serving"), "e2e": ("common", "serving", "e2e"),
-            "all": ("common", "engines", "serving", "e2e")}
+    serving = ("common", "model", "budget", "seconds")
+    uses = {"engines": ("common", "models", "engines"), "ceiling": serving, "e2e": (*serving, "images", "e2e"),
+            "all": (*serving, "models", "engines", "images", "e2e"),
+            "batching": ("common", "models", "budget", "seconds", "images", "batching"),
+            "memory": ("common", "model", "budget", "memory")}
     for name, parents in uses.items():
         commands.add_parser(name, parents=[groups[group] for group in parents],
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -100,17 +140,19 @@ def _stamp(report: dict, command: str) -> dict:
     return {"command": command, "machine": machine_info(), **report}
 
 
-def _ceiling(args: argparse.Namespace) -> tuple[dict, Path, Budget]:
-    """Export if needed, resolve the engine, measure the ceiling: (ceiling, serving_server folder, budget)."""
+def _ceilings(args: argparse.Namespace) -> tuple[list[dict], Path, Budget]:
+    """Export if needed, resolve the engine, measure the ceilings (budget, then 1 worker): (rows, folder, budget)."""
     server_dir = ensure_model(args.model, args.models_dir)
     budget = resolved_budget(args.engine, args.workers, args.threads, server_dir)
-    print(f"ceiling: {args.model} on {budget.engine}, {budget.workers} workers × {budget.threads} threads, "
-          f"{args.seconds} s ...", file=sys.stderr)
-    ceiling = run_ceiling(args.model, server_dir, budget, args.seconds)
-    print(f"ceiling: {ceiling['images_per_s']:.1f} images/s, p50 preprocess {ceiling['preprocess']['median_ms']:.2f} ms"
-          f", predict {ceiling['predict']['median_ms']:.2f} ms, total {ceiling['total']['median_ms']:.2f} ms",
-          file=sys.stderr)
-    return ceiling, server_dir, budget
+    workers = " and ".join(str(count) for count in dict.fromkeys((budget.workers, 1)))
+    print(f"ceiling: {args.model} on {budget.engine}, {workers} worker(s) × {budget.threads} threads, {args.seconds} s "
+          "each ...", file=sys.stderr)
+    ceilings = run_ceilings(args.model, server_dir, budget, args.seconds)
+    for ceiling in ceilings:
+        print(f"ceiling, {ceiling['workers']} worker(s): {ceiling['images_per_s']:.1f} images/s, p50 preprocess "
+              f"{ceiling['preprocess']['median_ms']:.2f} ms, predict {ceiling['predict']['median_ms']:.2f} ms, total "
+              f"{ceiling['total']['median_ms']:.2f} ms", file=sys.stderr)
+    return ceilings, server_dir, budget
 
 
 def cmd_engines(args: argparse.Namespace, command: str) -> list[Path]:
@@ -120,30 +162,40 @@ def cmd_engines(args: argparse.Namespace, command: str) -> list[Path]:
 
 def cmd_ceiling(args: argparse.Namespace, command: str) -> list[Path]:
     """ceiling.json + ceiling.md."""
-    ceiling, _, _ = _ceiling(args)
-    return write_ceiling(_stamp(ceiling, command), args.out)
+    ceilings, _, _ = _ceilings(args)
+    return write_ceiling(_stamp({"results": ceilings}, command), args.out)
 
 
 def cmd_e2e(args: argparse.Namespace, command: str) -> list[Path]:
-    """e2e.json + e2e.md (+ plots); the ceiling is measured first, before any server runs."""
-    ceiling, server_dir, budget = _ceiling(args)
-    return write_e2e(_stamp(run_e2e(args, server_dir, budget, ceiling), command), args.out)
+    """ceiling, e2e (+ plots) and overhead files of one run; the ceilings are measured first, before any server."""
+    ceilings, server_dir, budget = _ceilings(args)
+    paths = write_ceiling(_stamp({"results": ceilings}, command), args.out)
+    e2e = _stamp(run_e2e(args, server_dir, budget, ceilings[0]), command)
+    paths += write_e2e(e2e, args.out)
+    overhead = overhead_report(e2e, ceilings[-1])
+    if overhead is None:
+        print("note: no overhead table: it needs concurrency 1 and 1 image per request", file=sys.stderr)
+        return paths
+    return paths + write_overhead(_stamp(overhead, command), args.out)
 
 
 def cmd_all(args: argparse.Namespace, command: str) -> list[Path]:
-    """Every table, then README.md with the command line, the machine and all tables."""
-    paths = cmd_engines(args, command)
-    ceiling, server_dir, budget = _ceiling(args)
-    paths += write_ceiling(_stamp(ceiling, command), args.out)
-    paths += write_e2e(_stamp(run_e2e(args, server_dir, budget, ceiling), command), args.out)
-    sections = [(title, (args.out / f"{name}.md").read_text(encoding="utf-8"))
-                for name, title in (("engines", "Engines"), ("ceiling", "In-process ceiling"), ("e2e", "End to end"))]
-    readme_path = args.out / "README.md"
-    readme_path.write_text(readme(command, machine_info(), sections), encoding="utf-8")
-    return [*paths, readme_path]
+    """engines, then ceiling, e2e and overhead, all stamped with this one command line."""
+    return cmd_engines(args, command) + cmd_e2e(args, command)
 
 
-COMMANDS = {"engines": cmd_engines, "ceiling": cmd_ceiling, "e2e": cmd_e2e, "all": cmd_all}
+def cmd_batching(args: argparse.Namespace, command: str) -> list[Path]:
+    """batching.json + batching.md."""
+    return write_batching(_stamp(run_batching(args), command), args.out)
+
+
+def cmd_memory(args: argparse.Namespace, command: str) -> list[Path]:
+    """memory.json + memory.md."""
+    return write_memory(_stamp(run_memory(args), command), args.out)
+
+
+COMMANDS = {"engines": cmd_engines, "ceiling": cmd_ceiling, "e2e": cmd_e2e, "all": cmd_all, "batching": cmd_batching,
+            "memory": cmd_memory}
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
@@ -161,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         paths = COMMANDS[args.command](args, command)
+        paths.append(write_readme(args.out))
     except (WorkerError, ServerError, ServingError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,5 +1,6 @@
 """`ceiling`: the most a server could do with its thread budget — decode, preprocess and predict in one process."""
 
+from dataclasses import replace
 from pathlib import Path
 
 from serving.bench.models import ROOT, SAMPLE_IMAGE, run_worker
@@ -27,6 +28,12 @@ def run_ceiling(model: str, server_dir: Path, budget: Budget, seconds: float) ->
     return {"model": model, "engine": budget.engine, "workers": budget.workers, "threads": budget.threads,
             "image": str(SAMPLE_IMAGE.relative_to(ROOT)), "seconds": seconds, "count": raw["count"],
             "wall_s": raw["wall_s"], "images_per_s": rate(raw["count"], raw["wall_s"]), **stages}
+
+
+def run_ceilings(model: str, server_dir: Path, budget: Budget, seconds: float) -> list[dict]:
+    """The servers' budget, then one worker with the same math threads: the baseline of a lone request (c=1)."""
+    budgets = [budget] if budget.workers == 1 else [budget, replace(budget, workers=1)]
+    return [run_ceiling(model, server_dir, each, seconds) for each in budgets]
 
 
 def write_ceiling(report: dict, out: Path) -> list[Path]:

@@ -10,14 +10,16 @@ from tqdm import tqdm
 from serving.bench.load import LoadResult, Payloads, build_payloads, drive
 from serving.bench.models import SAMPLE_IMAGE
 from serving.bench.plots import write_plots
-from serving.bench.report import e2e_markdown, write_outputs
+from serving.bench.report import e2e_markdown, overhead_markdown, write_outputs
 from serving.bench.servers import Budget, running
 from serving.bench.stats import rate, summarize
 
 # What each server answers: HTTP and gRPC go to the pipeline; brpc and HTTP to the model server.
-TARGET_PROTOCOLS = {"pipeline": ("http", "grpc"), "model_server": ("brpc", "http")}
+TARGET_PROTOCOLS = {"pipeline": ("http", "grpc"), "pipeline_procs": ("http", "grpc"), "model_server": ("brpc", "http")}
 PROTOCOLS = ("http", "grpc", "brpc")
 WARMUP_S = 1.0
+# Issue 5's targets for p50 at concurrency 1 minus (preprocess + predict), in ms.
+OVERHEAD_LIMITS_MS = {"http": 2.5, "grpc": 1.5, "brpc": 1.5}
 PLOTS_SKIPPED = "Plots skipped: matplotlib is not installed (it comes with the optional `bench` extra)."
 
 
@@ -66,9 +68,9 @@ def run_e2e(args: argparse.Namespace, server_dir: Path, budget: Budget, ceiling:
     with tqdm(total=total, unit="run", file=sys.stderr) as bar, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for target, protocols in steps:
             bar.set_description(f"starting {target}")
-            with running(target, server_dir, budget, Path(tmp), max(args.concurrency)) as endpoints:
+            with running(target, server_dir, budget, Path(tmp), max(args.concurrency)) as server:
                 for protocol in protocols:
-                    rows += _measure_protocol((target, protocol, endpoints[protocol]), payloads, args,
+                    rows += _measure_protocol((target, protocol, server.endpoints[protocol]), payloads, args,
                                               ceiling["images_per_s"], bar)
     return {
         "settings": {"model": args.model, "engine": budget.engine, "workers": budget.workers,
@@ -78,6 +80,8 @@ def run_e2e(args: argparse.Namespace, server_dir: Path, budget: Budget, ceiling:
                              "brpc via predict_async on one event loop",
                      "pipeline": f"op concurrency {budget.workers}, thread_num {budget.threads}, gRPC worker_num "
                                  f"{max(args.concurrency)}",
+                     "pipeline_procs": f"build_dag_each_worker: {budget.workers} worker processes sharing the ports, "
+                                       f"op concurrency 1, thread_num {budget.threads}",
                      "model_server": f"--thread {budget.workers} --cpu_threads {budget.threads} --use_mkldnn "
                                      "--ir_optim"},
         "ceiling": ceiling,
@@ -93,3 +97,26 @@ def write_e2e(report: dict, out: Path) -> list[Path]:
         print(f"note: {PLOTS_SKIPPED}", file=sys.stderr)
     extra = f"\n{PLOTS_SKIPPED}\n" if plots is None else "".join(f"\n![{path.stem}]({path.name})\n" for path in plots)
     return write_outputs(out, "e2e", report, e2e_markdown(report) + extra) + (plots or [])
+
+
+def overhead_row(row: dict, single: dict) -> dict:
+    """One concurrency-1 row against the 1-worker ceiling: what serving adds to a lone request's work."""
+    preprocess, predict = single["preprocess"]["median_ms"], single["predict"]["median_ms"]
+    overhead = None if row["p50_ms"] is None else row["p50_ms"] - preprocess - predict
+    limit = OVERHEAD_LIMITS_MS[row["protocol"]]
+    return {"target": row["target"], "protocol": row["protocol"], "e2e_p50_ms": row["p50_ms"],
+            "preprocess_p50_ms": preprocess, "predict_p50_ms": predict, "overhead_ms": overhead, "limit_ms": limit,
+            "met": overhead is not None and overhead <= limit}
+
+
+def overhead_report(e2e: dict, single: dict) -> dict | None:
+    """The overhead table from one run's concurrency-1 rows; None without them or with multi-image requests."""
+    rows = [row for row in e2e["results"] if row["concurrency"] == 1]
+    if not rows or e2e["settings"]["images_per_request"] != 1:
+        return None
+    return {"ceiling": single, "results": [overhead_row(row, single) for row in rows]}
+
+
+def write_overhead(report: dict, out: Path) -> list[Path]:
+    """overhead.json + overhead.md in `out`."""
+    return write_outputs(out, "overhead", report, overhead_markdown(report))

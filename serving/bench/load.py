@@ -3,7 +3,9 @@
 import asyncio
 import base64
 import http.client
+import itertools
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -122,11 +124,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-def drive_threads(factory: Callable[[], Caller], concurrency: int, seconds: float) -> LoadResult:
-    """`concurrency` threads, each with its own caller: one untimed call, then all start together for `seconds`."""
+def drive_threads(factory: Callable[[], Caller], concurrency: int, seconds: float,
+                  requests: float = math.inf) -> LoadResult:
+    """`concurrency` threads, a caller each: one untimed call, then together until `seconds` or `requests` calls."""
     callers = [factory() for _ in range(concurrency)]
     result = LoadResult()
     clock: dict[str, float] = {}
+    tickets = itertools.count()  # next() is atomic under the GIL: one ticket per timed call
     barrier = threading.Barrier(concurrency, action=lambda: clock.update(start=time.perf_counter()))
 
     def loop(caller: Caller) -> None:
@@ -136,7 +140,7 @@ def drive_threads(factory: Callable[[], Caller], concurrency: int, seconds: floa
         except Exception as exc:
             errors.append(_describe(exc))
         barrier.wait()
-        while (start := time.perf_counter()) < clock["start"] + seconds:
+        while (start := time.perf_counter()) < clock["start"] + seconds and next(tickets) < requests:
             try:
                 caller()
             except Exception as exc:
@@ -160,9 +164,10 @@ def drive_threads(factory: Callable[[], Caller], concurrency: int, seconds: floa
     return result
 
 
-async def _brpc_loop(client: Client, feed: dict, concurrency: int, seconds: float) -> LoadResult:
+async def _brpc_loop(client: Client, feed: dict, concurrency: int, seconds: float, requests: float) -> LoadResult:
     """`concurrency` coroutines on one event loop over the client's pipelined connections."""
     result = LoadResult()
+    tickets = itertools.count()
 
     async def call() -> bool:
         try:
@@ -177,7 +182,7 @@ async def _brpc_loop(client: Client, feed: dict, concurrency: int, seconds: floa
     started = time.perf_counter()
 
     async def worker() -> None:
-        while (start := time.perf_counter()) < started + seconds:
+        while (start := time.perf_counter()) < started + seconds and next(tickets) < requests:
             if await call():
                 result.latencies_s.append(time.perf_counter() - start)
 
@@ -186,24 +191,25 @@ async def _brpc_loop(client: Client, feed: dict, concurrency: int, seconds: floa
     return result
 
 
-def drive_brpc(endpoint: str, payloads: Payloads, concurrency: int, seconds: float) -> LoadResult:
-    """brpc through Client.predict_async: one warm-up call per worker, then `seconds` of closed-loop load."""
+def drive_brpc(endpoint: str, payloads: Payloads, concurrency: int, seconds: float,
+               requests: float = math.inf) -> LoadResult:
+    """brpc through Client.predict_async: one warm-up call per worker, then closed-loop load as drive_threads."""
     client = Client(timeout_ms=int(TIMEOUT_S * 1000))
     client.load_client_config(payloads.client_config)
     client.connect([endpoint])
     try:
-        return asyncio.run(_brpc_loop(client, payloads.brpc_feed, concurrency, seconds))
+        return asyncio.run(_brpc_loop(client, payloads.brpc_feed, concurrency, seconds, requests))
     finally:
         client.close()
 
 
-def drive(target: str, protocol: str, endpoint: str, payloads: Payloads, concurrency: int,
-          seconds: float) -> LoadResult:
-    """Load one server over one protocol."""
+def drive(target: str, protocol: str, endpoint: str, payloads: Payloads, concurrency: int, seconds: float,
+          requests: float = math.inf) -> LoadResult:
+    """Load one server over one protocol for `seconds` or `requests` timed calls, whichever ends first."""
     if protocol == "brpc":
-        return drive_brpc(endpoint, payloads, concurrency, seconds)
+        return drive_brpc(endpoint, payloads, concurrency, seconds, requests)
     if protocol == "grpc":
-        return drive_threads(lambda: GrpcCaller(endpoint, payloads.pipeline_feed), concurrency, seconds)
-    path, body = ((PIPELINE_PATH, payloads.pipeline_json) if target == "pipeline"
-                  else (MODEL_SERVER_PATH, payloads.model_json))
-    return drive_threads(lambda: HttpCaller(endpoint, path, body), concurrency, seconds)
+        return drive_threads(lambda: GrpcCaller(endpoint, payloads.pipeline_feed), concurrency, seconds, requests)
+    path, body = ((MODEL_SERVER_PATH, payloads.model_json) if target == "model_server"
+                  else (PIPELINE_PATH, payloads.pipeline_json))
+    return drive_threads(lambda: HttpCaller(endpoint, path, body), concurrency, seconds, requests)

@@ -97,16 +97,18 @@ def engines_markdown(report: dict) -> str:
     return intro + markdown_table(header, rows) + "".join(notes) + ("\n" if notes else "")
 
 
-def ceiling_markdown(ceiling: dict) -> str:
-    """One row: images/s and p50 of preprocess, predict and total for the in-process ceiling."""
+def ceiling_markdown(report: dict) -> str:
+    """A row per thread budget: images/s and p50 of preprocess, predict and total for the in-process ceiling."""
     header = ["Model", "engine", "workers × threads", "images/s", "preprocess p50 ms", "predict p50 ms",
               "total p50 ms"]
-    row = [ceiling["model"], ceiling["engine"], f"{ceiling['workers']} × {ceiling['threads']}",
-           fmt(ceiling["images_per_s"]), fmt(ceiling["preprocess"]["median_ms"], 2),
-           fmt(ceiling["predict"]["median_ms"], 2), fmt(ceiling["total"]["median_ms"], 2)]
-    intro = (f"In-process ceiling: decode + preprocess + predict of `{ceiling['image']}` from {ceiling['workers']} "
-             f"threads sharing a predictor pool of {ceiling['workers']}, {ceiling['seconds']} s, no serving.\n\n")
-    return intro + markdown_table(header, [row])
+    rows = [[row["model"], row["engine"], f"{row['workers']} × {row['threads']}", fmt(row["images_per_s"]),
+             fmt(row["preprocess"]["median_ms"], 2), fmt(row["predict"]["median_ms"], 2),
+             fmt(row["total"]["median_ms"], 2)] for row in report["results"]]
+    first = report["results"][0]
+    intro = (f"In-process ceiling: decode + preprocess + predict of `{first['image']}` from W threads sharing a "
+             f"predictor pool of W (W = workers), {first['seconds']} s per row, no serving. The 1-worker row is the "
+             "baseline of the overhead at concurrency 1.\n\n")
+    return intro + markdown_table(header, rows)
 
 
 def e2e_markdown(report: dict) -> str:
@@ -120,14 +122,98 @@ def e2e_markdown(report: dict) -> str:
     intro = (f"{settings['model']} ({settings['engine']}), {settings['images_per_request']} image(s) per request, "
              f"{settings['seconds']} s per row, closed loop; servers run {settings['workers']} concurrent predictions "
              f"× {settings['threads']} math threads. 'of ceiling' = images/s ÷ the in-process ceiling "
-             f"({fmt(report['ceiling']['images_per_s'])} images/s).\n\n")
+             f"({fmt(report['ceiling']['images_per_s'])} images/s)."
+             + "".join(f" {target}: {settings[target]}." for target in ("pipeline", "pipeline_procs", "model_server")
+                       if target in settings) + "\n\n")
     errors = [f"- {row['target']}/{row['protocol']} c={row['concurrency']}: first error: {row['first_error']}\n"
               for row in report["results"] if row["errors"]]
     return intro + markdown_table(header, rows) + ("\n" + "".join(errors) if errors else "")
 
 
-def readme(command: str, machine: dict, sections: list[tuple[str, str]]) -> str:
-    """The results folder's README: how it was made, where, and every table."""
-    parts = ["# Benchmark results\n", f"Command: `{command}`\n", f"Machine: {machine_line(machine)}\n"]
-    parts += [f"## {title}\n\n{body}" for title, body in sections]
+def overhead_markdown(report: dict) -> str:
+    """A row per target/protocol: p50 at concurrency 1 minus the 1-worker preprocess + predict p50s, vs the target."""
+    header = ["target", "protocol", "e2e p50 ms", "preprocess p50 ms", "predict p50 ms", "overhead ms", "target ms",
+              "met"]
+    rows = [[row["target"], row["protocol"], fmt(row["e2e_p50_ms"], 2), fmt(row["preprocess_p50_ms"], 2),
+             fmt(row["predict_p50_ms"], 2), fmt(row["overhead_ms"], 2), f"≤ {fmt(row['limit_ms'])}",
+             "met" if row["met"] else "**missed**"] for row in report["results"]]
+    ceiling = report["ceiling"]
+    intro = (f"{ceiling['model']} ({ceiling['engine']}), one 1-image request at a time: e2e p50 from the end-to-end "
+             f"table (concurrency 1), preprocess and predict p50 from the in-process ceiling with 1 worker × "
+             f"{ceiling['threads']} math threads, measured in the same run. overhead = e2e p50 − (preprocess p50 + "
+             "predict p50): network, (de)serialisation, queues and threads.\n\n")
+    notes = [f"- {row['target']}/{row['protocol']}: negative overhead, so the machine was busier while the ceiling "
+             "ran than during this row: rerun on an idle machine\n"
+             for row in report["results"] if row["overhead_ms"] is not None and row["overhead_ms"] < 0]
+    return intro + markdown_table(header, rows) + ("\n" + "".join(notes) if notes else "")
+
+
+def batching_markdown(report: dict) -> str:
+    """Two rows per model (batching off, on), the on/off throughput ratio on the second, notes where it is < 0.95."""
+    settings = report["settings"]
+    ratios = {row["model"]: row["ratio"] for row in report["summary"]}
+    header = ["Model", "engine", "batching", "req/s", "images/s", "p50 ms", "p99 ms", "mean batch", "errors", "on/off"]
+    rows = [[row["model"], row["engine"], "on" if row["batching"] else "off", fmt(row["requests_per_s"]),
+             fmt(row["images_per_s"]), fmt(row["p50_ms"]), fmt(row["p99_ms"]), fmt(row["mean_batch"], 2),
+             str(row["errors"]), fmt(ratios[row["model"]], 2) if row["batching"] else ""]
+            for row in report["results"]]
+    intro = (f"Pipeline over {settings['protocol']}, {settings['concurrency']} concurrent clients (closed loop), "
+             f"{settings['images_per_request']} image(s) per request, op concurrency {settings['workers']} × "
+             f"{settings['threads']} math threads, a fresh server per row. on: `batch_size: {settings['batch_size']}`"
+             f" and `auto_batching_timeout: {settings['auto_batching_timeout_ms']}` (ms) on the op; off: neither. "
+             f"Each row: {settings['warmup_s']} s warm-up, then at least {settings['seconds']} s, longer where the "
+             f"warm-up's rate says {settings['min_requests']} requests need more (slow models). mean batch = rows per "
+             f"predictor call, from the server's /metrics. Target: on/off ≥ {settings['min_ratio']}.\n\n")
+    notes = [f"- {row['model']}: batching on/off = {fmt(row['ratio'], 2)}, below {settings['min_ratio']}\n"
+             for row in report["summary"] if not row["met"]]
+    notes += [f"- {row['model']} batching {'on' if row['batching'] else 'off'}: first error: {row['first_error']}\n"
+              for row in report["results"] if row["errors"]]
+    return intro + markdown_table(header, rows) + ("\n" + "".join(notes) if notes else "")
+
+
+def memory_markdown(report: dict) -> str:
+    """A row per reading (after warm-up, then every round of requests) and the final ratio against the target."""
+    settings = report["settings"]
+    header = ["requests", "RSS MiB", "÷ after warm-up", "processes", "req/s in round", "errors in round"]
+    rows = [[str(row["requests"]), fmt(row["rss_bytes"] / (1 << 20)), fmt(row["ratio"], 3), str(row["processes"]),
+             fmt(row["requests_per_s"]), str(row["errors"])] for row in report["results"]]
+    intro = (f"{settings['model']} ({settings['engine']}) in the pipeline, op concurrency {settings['workers']} × "
+             f"{settings['threads']} math threads; {settings['concurrency']} concurrent clients, closed loop, requests "
+             f"split evenly over {' and '.join(settings['protocols'])} (each round also opens fresh connections). "
+             f"RSS = {settings['rss']}, read after {settings['warmup_requests']} warm-up requests (row 0) and after "
+             "each round.\n\n")
+    verdict = "met" if report["met"] else "**missed**"
+    outcome = (f"\nRSS after {settings['requests']} requests ÷ RSS after warm-up: **{fmt(report['ratio'], 3)}** "
+               f"(target ≤ {settings['max_ratio']}: {verdict}).\n")
+    errors = [f"- after {row['requests']} requests: first error: {row['first_error']}\n"
+              for row in report["results"] if row["errors"]]
+    return intro + markdown_table(header, rows) + outcome + ("\n" + "".join(errors) if errors else "")
+
+
+SECTIONS = (("engines", "Engines"), ("ceiling", "In-process ceiling"), ("e2e", "End to end"),
+            ("overhead", "Overhead at concurrency 1"), ("batching", "Dynamic batching"), ("memory", "Memory"))
+
+
+def readme(out: Path) -> str:
+    """The results folder's README: every table found in `out`, each under the command and machine that made it."""
+    parts, shown = ["# Benchmark results\n"], {}
+    for name, title in SECTIONS:
+        markdown, raw = out / f"{name}.md", out / f"{name}.json"
+        if not (markdown.is_file() and raw.is_file()):
+            continue
+        stamp = json.loads(raw.read_text(encoding="utf-8"))
+        parts.append(f"## {title}\n")
+        for key, line in (("command", f"Command: `{stamp['command']}`\n"),
+                          ("machine", f"Machine: {machine_line(stamp['machine'])}\n")):
+            if shown.get(key) != stamp[key]:
+                parts.append(line)
+                shown[key] = stamp[key]
+        parts.append(markdown.read_text(encoding="utf-8"))
     return "\n".join(parts)
+
+
+def write_readme(out: Path) -> Path:
+    """README.md in `out`, rebuilt from the tables there, so any subcommand's run refreshes it."""
+    path = out / "README.md"
+    path.write_text(readme(out), encoding="utf-8")
+    return path

@@ -18,11 +18,20 @@ from serving.bench.models import ROOT, quiet_env
 
 START_TIMEOUT_S = 300
 STOP_GRACE_S = 20
-TARGETS = ("pipeline", "model_server")
+# pipeline: ops as threads in one process; pipeline_procs: the same budget as worker processes sharing the ports.
+TARGETS = ("pipeline", "pipeline_procs", "model_server")
 
 
 class ServerError(RuntimeError):
     """A server exited or never listened; the message carries the end of its log."""
+
+
+@dataclass(frozen=True)
+class Server:
+    """A started server: where each protocol listens, and its process id (for memory readings)."""
+
+    endpoints: dict[str, str]
+    pid: int
 
 
 @dataclass(frozen=True)
@@ -45,13 +54,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def pipeline_command(server_dir: Path, budget: Budget, workdir: Path, grpc_threads: int) -> tuple[list, dict]:
-    """web_service.py with a config.yml for this budget; gRPC gets a thread per connection, as HTTP does."""
+def pipeline_command(server_dir: Path, budget: Budget, workdir: Path, grpc_threads: int,
+                     op_keys: dict | None = None, processes: bool = False) -> tuple[list, dict]:
+    """web_service.py with a config.yml for this budget (plus `op_keys`, e.g. batching); a gRPC thread per client.
+
+    `processes`: budget.workers worker processes (build_dag_each_worker) of one op thread each, instead of one
+    process with budget.workers op threads.
+    """
     http_port, rpc_port = free_port(), free_port()
     config = {"worker_num": grpc_threads, "http_port": http_port, "rpc_port": rpc_port, "dag": {"is_thread_op": True},
-              "op": {"imagenet": {"concurrency": budget.workers, "local_service_conf": {
+              "op": {"imagenet": {"concurrency": budget.workers, **(op_keys or {}), "local_service_conf": {
                   "model_config": str(server_dir), "device_type": 0, "devices": "", "fetch_list": ["prediction"],
                   **budget.conf()}}}}
+    if processes:
+        config.update(worker_num=budget.workers, build_dag_each_worker=True)
+        config["op"]["imagenet"]["concurrency"] = 1
     path = workdir / "config.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     command = [sys.executable, str(ROOT / "pipelines" / "web_service.py"), "--config", str(path)]
@@ -122,10 +139,12 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running(target: str, server_dir: Path, budget: Budget, workdir: Path, grpc_threads: int) -> Iterator[dict]:
-    """Start `target`, yield {protocol: "127.0.0.1:port"} once it serves, stop it on exit (errors, Ctrl-C too)."""
-    if target == "pipeline":
-        command, ports = pipeline_command(server_dir, budget, workdir, grpc_threads)
+def running(target: str, server_dir: Path, budget: Budget, workdir: Path, grpc_threads: int,
+            op_keys: dict | None = None) -> Iterator[Server]:
+    """Start `target`, yield it once it serves, stop it on exit (errors, Ctrl-C too); `op_keys` go to the pipeline."""
+    if target != "model_server":
+        command, ports = pipeline_command(server_dir, budget, workdir, grpc_threads, op_keys,
+                                          processes=target == "pipeline_procs")
     else:
         command, ports = model_server_command(server_dir, budget)
     log = workdir / f"{target}.log"
@@ -133,8 +152,8 @@ def running(target: str, server_dir: Path, budget: Budget, workdir: Path, grpc_t
         process = subprocess.Popen(command, cwd=ROOT, env=quiet_env(), stdout=handle, stderr=subprocess.STDOUT)
     try:
         wait_for_ports(process, sorted(set(ports.values())), log, START_TIMEOUT_S)
-        if target == "pipeline":
+        if target != "model_server":
             wait_until_ready(process, f"http://127.0.0.1:{ports['http']}/ready", log, START_TIMEOUT_S)
-        yield {protocol: f"127.0.0.1:{port}" for protocol, port in ports.items()}
+        yield Server({protocol: f"127.0.0.1:{port}" for protocol, port in ports.items()}, process.pid)
     finally:
         stop(process)

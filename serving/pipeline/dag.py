@@ -2,18 +2,21 @@
 
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from serving import metrics
 from serving.config import OpConfig, ServiceConfig
 from serving.dataplane import PipelineRequest
 from serving.errors import (
     ConfigError,
     DeadlineExceededError,
     InputError,
+    OverloadedError,
     ProductError,
     ServingError,
     TypeCheckError,
@@ -23,7 +26,7 @@ from serving.pipeline.op import Op, RequestOp, ResponseOp
 log = logging.getLogger("serving.pipeline")
 
 # Errors that another attempt cannot fix: the request itself is wrong.
-_NOT_RETRIED = (InputError, ProductError, TypeCheckError)
+_NOT_RETRIED = (InputError, ProductError, TypeCheckError, OverloadedError)
 
 
 def _collect(last_ops: list[Op]) -> tuple[RequestOp, list[list[Op]]]:
@@ -63,6 +66,8 @@ class Dag:
         self.config = config
         self._ids = itertools.count()
         self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._queued: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     @property
     def ops(self) -> list[Op]:
@@ -75,6 +80,7 @@ class Dag:
             op.configure(self.config.op.get(op.name, OpConfig()), self.config.limits)
             op.start(build_predictor)
             self._pools[op.name] = ThreadPoolExecutor(op.threads, thread_name_prefix=f"op-{op.name}")
+            self._queued[op.name] = 0
 
     def metadata(self) -> dict[str, dict]:
         """Per op: its model's feeds, fetches and model card facts (GET /metadata)."""
@@ -88,8 +94,11 @@ class Dag:
             op.stop()
 
     def run(self, request: PipelineRequest) -> dict[str, str]:
-        """The last op's result for `request`, within the request deadline."""
-        deadline = time.monotonic() + self.config.limits.request_timeout_ms / 1000
+        """The last op's result for `request`, within limits.request_timeout_ms and the caller's own deadline."""
+        budget_ms = self.config.limits.request_timeout_ms
+        if request.timeout_ms > 0:
+            budget_ms = min(budget_ms, request.timeout_ms)
+        deadline = time.monotonic() + budget_ms / 1000
         data_id = next(self._ids)
         outputs: dict[str, dict] = {self.request_op.name: _request_dict(request)}
         for level in self.levels:
@@ -100,8 +109,24 @@ class Dag:
         return self.response_op.postprocess(final, {})[0]
 
     def _submit(self, op: Op, outputs: dict[str, dict], data_id: int, log_id: int, deadline: float) -> Future:
+        """Queue the op for this request, or refuse at once when limits.max_queue requests already wait for it."""
         inputs = {parent.name: outputs[parent.name] for parent in op.input_ops}
-        return self._pools[op.name].submit(op.run, inputs, data_id, log_id, deadline)
+        limit = self.config.limits.max_queue
+        with self._lock:
+            if self._queued[op.name] >= limit:
+                raise OverloadedError(f"op {op.name}: {limit} requests already wait for it (limits.max_queue); "
+                                      "retry later or on another instance")
+            self._queued[op.name] += 1
+            metrics.QUEUE.inc(op=op.name)
+        return self._pools[op.name].submit(self._started, op, inputs, data_id, log_id, deadline, time.perf_counter())
+
+    def _started(self, op: Op, inputs: dict, data_id: int, log_id: int, deadline: float, queued: float) -> dict:
+        """A thread took the request off the op's queue: count it out, time the wait, run the op."""
+        with self._lock:
+            self._queued[op.name] -= 1
+            metrics.QUEUE.inc(-1, op=op.name)
+        metrics.STAGE.observe(time.perf_counter() - queued, op=op.name, stage="queue")
+        return op.run(inputs, data_id, log_id, deadline)
 
     def _result(self, op: Op, future: Future, outputs: dict, data_id: int, log_id: int, deadline: float) -> dict:
         """Wait within the op's timeout and the request deadline; retry what another attempt may fix."""

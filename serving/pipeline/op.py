@@ -12,7 +12,7 @@ import yaml
 from serving import metrics
 from serving.batching import Batcher
 from serving.config import LimitsConfig, OpConfig
-from serving.errors import InitError, ProductError, ServingError, TypeCheckError
+from serving.errors import DeadlineExceededError, InitError, ProductError, ServingError, TypeCheckError
 from serving.model_card import CARD_FILE
 
 log = logging.getLogger("serving.pipeline")
@@ -104,7 +104,7 @@ class Op:
                                         max_requests=self.config.batch_size,
                                         max_rows=conf.max_batch_size if conf and not self.remote else 1 << 20,
                                         timeout_s=self.config.auto_batching_timeout / 1000,
-                                        workers=self.config.concurrency)
+                                        workers=self.config.concurrency, max_queue=self.limits.max_queue)
         self.init_op()
 
     def _timed(self, stage: str, started: float) -> float:
@@ -115,6 +115,9 @@ class Op:
     def _predict(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The predictor call, with its batch size counted."""
         metrics.BATCH.observe(len(next(iter(feed.values()))), op=self.name)
+        if self.remote:  # the model server gets the caller's log_id and what is left of the request's time
+            return self.predictor.predict(feed, self.fetch_names, deadline=getattr(self._request, "deadline", None),
+                                          log_id=getattr(self._request, "log_id", 0))
         return self.predictor.predict(feed, self.fetch_names)
 
     def metadata(self) -> dict:
@@ -152,7 +155,10 @@ class Op:
 
     def run(self, input_dicts: dict[str, dict], data_id: int, log_id: int, deadline: float) -> dict:
         """preprocess -> process -> postprocess for one request, timed per stage, product codes raised as errors."""
-        self._request.deadline = deadline
+        if time.monotonic() >= deadline:
+            raise DeadlineExceededError(f"op {self.name}: the request's deadline passed while it was queued; "
+                                        "dropped before preprocess")
+        self._request.deadline, self._request.log_id = deadline, log_id
         started = time.perf_counter()
         feed, skip, code, info = _unpack(self.preprocess(input_dicts, data_id, log_id), 4, self.name, "preprocess")
         _raise_product_error(self.name, "preprocess", code, info)

@@ -1,8 +1,10 @@
 """Paddle Serving's WebService: build the DAG from `get_pipeline_response`, serve it over HTTP and gRPC."""
 
+import dataclasses
 import logging
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from serving.files import atomic_write_text
 from serving.model_config import SERVER_CONF, read_config
 from serving.pipeline.dag import Dag
 from serving.pipeline.op import Op, RequestOp
+from serving.pipeline.workers import WorkerPool, reserve_port
 from serving.protocols.grpc_server import start_grpc_server
 from serving.protocols.http_server import start_http_server
 
@@ -29,7 +32,8 @@ def build_predictor(op: Op, config: ServiceConfig) -> Any:
     if op.remote:
         timeout_ms = op.config.timeout if op.config.timeout > 0 else config.limits.request_timeout_ms
         return RemotePredictor(op.config.remote_protocol(config.dag), op.config.server_endpoints,
-                               op.config.client_config, timeout_ms / 1000, config.limits.max_body_bytes)
+                               op.config.client_config, timeout_ms / 1000, config.limits.max_body_bytes,
+                               config.security)
     conf = op.config.local_service_conf
     model_config = read_config(Path(conf.model_config) / SERVER_CONF)
     settings = settings_from_conf(conf, model_config, op.dynamic_shape_info or None,
@@ -42,9 +46,9 @@ def _warn_inert_settings(config: ServiceConfig, dag: Dag) -> None:
     unknown = sorted(set(config.op) - {op.name for op in dag.ops})
     if unknown:
         log.warning("config.yml op entries %s match no op in the pipeline", unknown)
-    if config.build_dag_each_worker or not config.dag.is_thread_op:
-        log.info("ops run as threads in this process (build_dag_each_worker / is_thread_op: false are accepted "
-                 "for compatibility; concurrency sets each op's threads)")
+    if not config.dag.is_thread_op:
+        log.info("ops run as threads (is_thread_op: false is accepted for compatibility; concurrency sets each "
+                 "op's threads; for processes use build_dag_each_worker: true with worker_num > 1)")
     unbatched = [op.name for op in dag.ops if op.config.batch_size > 1 and not op.batching]
     if unbatched:
         log.warning("ops %s: batch_size > 1 without auto_batching_timeout > 0 merges nothing (Paddle Serving's "
@@ -63,6 +67,23 @@ class WebService:
         self._servers: list[Any] = []
         self._dataplane: DataPlane | None = None
         self._stopped = threading.Event()
+        self._pool: WorkerPool | None = None
+        self._reserved: list[socket.socket] = []
+
+    def __getstate__(self) -> dict:
+        """What a worker process needs: the name, the config and the user's own attributes, no live servers."""
+        runtime = {"dag", "_servers", "_dataplane", "_stopped", "_pool", "_reserved"}
+        return {key: value for key, value in self.__dict__.items() if key not in runtime}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.dag, self._servers, self._dataplane, self._stopped = None, [], None, threading.Event()
+        self._pool, self._reserved = None, []
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids (build_dag_each_worker); empty when the service runs in this process."""
+        return self._pool.pids if self._pool is not None else []
 
     def get_pipeline_response(self, read_op: Op) -> Op | list[Op]:
         """Build the ops on top of `read_op` and return the last one."""
@@ -79,35 +100,70 @@ class WebService:
         return self.config
 
     def start(self) -> "WebService":
-        """Start the front ends (live at once), then load and warm the models (ready); ports are known on return."""
+        """Serve in this process, or in worker_num processes when build_dag_each_worker; returns once ready."""
         if self.config is None:
             raise ConfigError("call prepare_pipeline_config(...) before run_service()")
-        self.dag = Dag(self.get_pipeline_response(RequestOp()), self.config)
-        dataplane = self._dataplane = DataPlane(self.name)
-        self._start_front_ends(dataplane)
+        if not (self.config.build_dag_each_worker and self.config.worker_num > 1):
+            return self.start_in_process()
+        ports = {}
+        for key in ("http_port", "rpc_port"):
+            if getattr(self.config, key) is not None:
+                sock, ports[key] = reserve_port(getattr(self.config, key))
+                self._reserved.append(sock)
+        self.config = dataclasses.replace(self.config, **ports)
+        self.http_port, self.rpc_port = self.config.http_port, self.config.rpc_port
+        self._pool = WorkerPool(self, self.config.worker_num)
         try:
-            _warn_inert_settings(self.config, self.dag)
-            self.dag.start(lambda op: build_predictor(op, self.config))
+            self._pool.start()
         except BaseException:
             self.stop()
             raise
-        dataplane.attach(self.dag.run, {"service": self.name, "ops": self.dag.metadata()})
+        log.info("service %r ready in %d worker processes %s: http_port %s, rpc_port %s", self.name,
+                 self.config.worker_num, self._pool.pids, self.http_port, self.rpc_port)
+        return self
+
+    def start_in_process(self, reuse_port: bool = False) -> "WebService":
+        """Listen at once (live), then load and warm the models (ready); ports are known on return.
+
+        A worker process sharing the ports (reuse_port) listens only once ready, so the kernel never hands
+        a connection to a worker that is still loading.
+        """
+        self.dag = Dag(self.get_pipeline_response(RequestOp()), self.config)
+        dataplane = self._dataplane = DataPlane(self.name, self.config.limits.max_inflight)
+        if not reuse_port:
+            self._start_front_ends(dataplane, reuse_port)
+        try:
+            _warn_inert_settings(self.config, self.dag)
+            self.dag.start(lambda op: build_predictor(op, self.config))
+            dataplane.attach(self.dag.run, {"service": self.name, "ops": self.dag.metadata()})
+            if reuse_port:
+                self._start_front_ends(dataplane, reuse_port)
+        except BaseException:
+            self.stop()
+            raise
         log.info("service %r ready: http_port %s, rpc_port %s", self.name, self.http_port, self.rpc_port)
         return self
 
-    def _start_front_ends(self, dataplane: DataPlane) -> None:
+    def _start_front_ends(self, dataplane: DataPlane, reuse_port: bool) -> None:
         limits = self.config.limits
         if self.config.http_port is not None:
-            server, self.http_port = start_http_server(dataplane, self.config.http_port, limits.max_body_bytes)
+            server, self.http_port = start_http_server(dataplane, self.config.http_port, limits.max_body_bytes,
+                                                       reuse_port, self.config.security)
             self._servers.append(server)
         if self.config.rpc_port is not None:
             server, self.rpc_port = start_grpc_server(dataplane, self.config.rpc_port, self.config.worker_num,
-                                                      limits.max_body_bytes)
+                                                      limits.max_body_bytes, reuse_port, self.config.security,
+                                                      limits.max_inflight)
             self._servers.append(server)
 
     def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within limits.drain_timeout_ms, release the predictors."""
         drain_s = self.config.limits.drain_timeout_ms / 1000 if self.config else 0.0
+        if self._pool is not None:
+            self._pool.stop(drain_s)
+        for sock in self._reserved:
+            sock.close()
+        self._reserved.clear()
         if self._dataplane is not None:
             self._dataplane.close()
         for server in self._servers:

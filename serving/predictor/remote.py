@@ -1,33 +1,44 @@
 """Remote ops: the same `predict()` as LocalPredictor, answered by model servers over brpc or gRPC."""
 
+import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 
 from clients.brpc_client import BrpcError, Client, PredictError
-from serving.errors import ErrorCode, ServingError
+from serving.errors import DeadlineExceededError, ErrorCode, ServingError
 from serving.model_config import read_config
 from serving.proto import general_model_service_pb2 as gm
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
+from serving.protocols.baidu_std import BrpcCode
+from serving.security import SecurityConfig
 from serving.tensors import to_array, to_tensor
 
 
 class GrpcModelClient:
     """GeneralModelService over gRPC, balanced round-robin over the endpoints."""
 
-    def __init__(self, endpoints: list[str], timeout_s: float, max_message_bytes: int) -> None:
+    def __init__(self, endpoints: list[str], max_message_bytes: int, security: SecurityConfig) -> None:
         options = [("grpc.lb_policy_name", "round_robin"), ("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
-        self.channel = grpc.insecure_channel("ipv4:" + ",".join(endpoints), options=options)
+        target = "ipv4:" + ",".join(endpoints)
+        if security.remote_ca_file:
+            credentials = grpc.ssl_channel_credentials(Path(security.remote_ca_file).read_bytes())
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.stub = gm_grpc.GeneralModelServiceStub(self.channel)
-        self.timeout_s = timeout_s
+        token = security.remote_token
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
-    def call(self, request: gm.Request) -> gm.Response:
-        """One inference call; transport failures become err_no 8000."""
+    def call(self, request: gm.Request, timeout_s: float) -> gm.Response:
+        """One inference call; transport failures become err_no 8000, a passed deadline 6000."""
         try:
-            return self.stub.inference(request, timeout=self.timeout_s)
+            return self.stub.inference(request, timeout=timeout_s, metadata=self.metadata)
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise DeadlineExceededError(f"model service did not answer within {timeout_s * 1000:.0f} ms") from None
             raise ServingError(f"model service unreachable over gRPC: {exc.code().name}: {exc.details()}",
                                code=ErrorCode.RPC) from None
 
@@ -36,15 +47,17 @@ class RemotePredictor:
     """Feeds go out as tensors to `server_endpoints`; outputs come back keyed by fetch alias."""
 
     def __init__(self, protocol: str, endpoints: list[str], client_config: str, timeout_s: float,
-                 max_message_bytes: int) -> None:
+                 max_message_bytes: int, security: SecurityConfig | None = None) -> None:
+        security = security or SecurityConfig()
         self.model_config = read_config(Path(client_config))
         self.protocol = protocol
+        self.timeout_s = timeout_s
         if protocol == "grpc":
-            self.grpc = GrpcModelClient(endpoints, timeout_s, max_message_bytes)
+            self.grpc = GrpcModelClient(endpoints, max_message_bytes, security)
         else:
             self.brpc = Client(timeout_ms=int(timeout_s * 1000))
             self.brpc.load_client_config(client_config)
-            self.brpc.connect(endpoints)
+            self.brpc.connect(endpoints, security.remote_ca_file or None, security.remote_token)
 
     @property
     def feed_names(self) -> list[str]:
@@ -56,21 +69,32 @@ class RemotePredictor:
         """Fetch aliases of the client config."""
         return [var.alias_name for var in self.model_config.fetch_var]
 
-    def predict(self, feed: dict[str, np.ndarray], fetch: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Same contract as LocalPredictor.predict; the server's err_no comes back as the same error code."""
+    def predict(self, feed: dict[str, np.ndarray], fetch: list[str] | None = None, deadline: float | None = None,
+                log_id: int = 0) -> dict[str, np.ndarray]:
+        """LocalPredictor.predict's contract, within what is left of the request's time (`deadline`, monotonic).
+
+        The server's err_no comes back as the same error code; the caller's log_id travels with the call.
+        """
+        timeout_s = self.timeout_s if deadline is None else min(self.timeout_s, deadline - time.monotonic())
+        if timeout_s <= 0:
+            raise DeadlineExceededError("the request's deadline passed before the model service was called")
         if self.protocol == "grpc":
-            return self._predict_grpc(feed, fetch)
+            return self._predict_grpc(feed, fetch, timeout_s, log_id)
         try:
-            return self.brpc.predict(feed=feed, fetch=fetch, batch=True)
+            return self.brpc.predict(feed=feed, fetch=fetch, batch=True, log_id=log_id,
+                                     timeout_ms=max(int(timeout_s * 1000), 1))
         except PredictError as exc:
             raise ServingError(exc.err_msg, code=exc.err_no) from None
         except BrpcError as exc:
+            if exc.code == BrpcCode.ERPCTIMEDOUT:
+                raise DeadlineExceededError(f"model service did not answer in time over brpc: {exc}") from None
             raise ServingError(f"model service failed over brpc: {exc}", code=ErrorCode.RPC) from None
 
-    def _predict_grpc(self, feed: dict[str, np.ndarray], fetch: list[str] | None) -> dict[str, np.ndarray]:
+    def _predict_grpc(self, feed: dict[str, np.ndarray], fetch: list[str] | None, timeout_s: float,
+                      log_id: int) -> dict[str, np.ndarray]:
         names = {var.alias_name: var.name for var in self.model_config.feed_var}
         tensors = [to_tensor(names.get(alias, alias), alias, value) for alias, value in feed.items()]
-        response = self.grpc.call(gm.Request(tensor=tensors, fetch_var_names=fetch or []))
+        response = self.grpc.call(gm.Request(tensor=tensors, fetch_var_names=fetch or [], log_id=log_id), timeout_s)
         if response.err_no != 0:
             raise ServingError(response.err_msg, code=response.err_no)
         return {tensor.alias_name: to_array(tensor) for output in response.outputs for tensor in output.tensor}

@@ -1,17 +1,23 @@
 """One asyncio port, as brpc serves it: baidu_std frames and HTTP/1.1 JSON, told apart by the first bytes."""
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from serving import metrics
+from serving.errors import AuthError, OverloadedError, http_status_of
 from serving.proto.brpc_meta_pb2 import RpcMeta
 from serving.protocols import baidu_std
 from serving.protocols.baidu_std import BrpcCode, Frame, FrameError, PayloadError
-from serving.protocols.http1 import HttpError, read_request, write_response
+from serving.protocols.http1 import HttpError, HttpRequest, read_request, write_response
+from serving.security import BRPC_HINT, HANDSHAKE_TIMEOUT_S, HTTP_HINT, SecurityConfig, server_ssl_context, token_check
 
 log = logging.getLogger("serving.brpc")
+DENIED = AuthError(HTTP_HINT)
+HTTP_DENIED = json.dumps({"err_no": int(DENIED.code), "err_msg": DENIED.message}).encode()  # the 401 body
 
 # A method takes the decompressed payload, the attachment and the meta's log_id; returns payload and attachment.
 Method = Callable[[bytes, bytes, int], tuple[bytes, bytes]]
@@ -38,6 +44,7 @@ class ServerLimits:
 
     max_body_bytes: int = baidu_std.DEFAULT_MAX_BODY
     idle_timeout_s: float = 60.0
+    max_inflight: int = 256
 
 
 class RpcError(Exception):
@@ -52,7 +59,7 @@ class BrpcServer:
     """Dispatches baidu_std requests (many in flight per connection) and HTTP requests to handlers."""
 
     def __init__(self, services: list[RpcService], routes: dict[str, Route], workers: int,
-                 limits: ServerLimits | None = None) -> None:
+                 limits: ServerLimits | None = None, security: SecurityConfig | None = None) -> None:
         self.services = {name: service for service in services for name in (service.full_name, service.short_name)}
         self.routes = routes
         self.limits = limits or ServerLimits()
@@ -60,10 +67,15 @@ class BrpcServer:
         self.server: asyncio.Server | None = None
         self.stopping = False
         self.connections: set[asyncio.Task] = set()
+        self.inflight = 0  # touched only on the event loop's thread
+        self.ssl_context = server_ssl_context(security or SecurityConfig())
+        self.auth = token_check(security or SecurityConfig())
 
     async def start(self, host: str, port: int) -> int:
-        """Listen; returns the bound port (0 picks a free one)."""
-        self.server = await asyncio.start_server(self._on_connection, host, port)
+        """Listen (TLS when configured, handshakes bounded in time); returns the bound port (0 picks a free one)."""
+        handshake_timeout = HANDSHAKE_TIMEOUT_S if self.ssl_context is not None else None
+        self.server = await asyncio.start_server(self._on_connection, host, port, ssl=self.ssl_context,
+                                                 ssl_handshake_timeout=handshake_timeout)
         return self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -94,8 +106,11 @@ class BrpcServer:
             writer.close()
 
     async def _serve_baidu_std(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
-        """Read frames until the peer closes, stalls or breaks the framing; answer each in its own task."""
-        lock, tasks = asyncio.Lock(), set()
+        """Read frames until the peer closes, stalls or breaks the framing; answer each in its own task.
+
+        As in brpc, authentication is per connection: once a frame carried the token, later frames need not.
+        """
+        lock, tasks, authorized = asyncio.Lock(), set(), self.auth is None
         try:
             while True:
                 frame = await asyncio.wait_for(baidu_std.read_frame(reader, self.limits.max_body_bytes, first),
@@ -105,18 +120,19 @@ class BrpcServer:
                     break
                 if not frame.meta.HasField("request"):
                     raise FrameError("a request frame without RpcMeta.request")
-                task = asyncio.create_task(self._answer(frame, writer, lock))
+                authorized = authorized or self.auth.accepts(frame.meta.authentication_data)
+                task = asyncio.create_task(self._answer(frame, writer, lock, authorized))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         finally:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _answer(self, frame: Frame, writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
+    async def _answer(self, frame: Frame, writer: asyncio.StreamWriter, lock: asyncio.Lock, authorized: bool) -> None:
         meta = RpcMeta(correlation_id=frame.meta.correlation_id, compress_type=frame.meta.compress_type)
         payload, attachment = b"", b""
         try:
-            payload, attachment = await self._call(frame)
+            payload, attachment = await self._call(frame, authorized)
             payload = baidu_std.compress(payload, frame.meta.compress_type)
         except RpcError as exc:
             meta.response.error_code, meta.response.error_text = int(exc.code), str(exc)
@@ -127,9 +143,11 @@ class BrpcServer:
             writer.write(baidu_std.encode_frame(meta, payload, attachment))
             await writer.drain()
 
-    async def _call(self, frame: Frame) -> tuple[bytes, bytes]:
-        """Resolve service and method, decompress, run in the pool within the client's timeout_ms."""
+    async def _call(self, frame: Frame, authorized: bool) -> tuple[bytes, bytes]:
+        """Check the token, resolve service and method, decompress, run in the pool within the client's timeout_ms."""
         request = frame.meta.request
+        if not authorized:
+            raise RpcError(BrpcCode.ERPCAUTH, BRPC_HINT)
         if self.stopping:
             raise RpcError(BrpcCode.ELOGOFF, "server is stopping")
         service = self.services.get(request.service_name)
@@ -140,12 +158,16 @@ class BrpcServer:
         if method is None:
             raise RpcError(BrpcCode.ENOMETHOD, f"{service.short_name} has no method {request.method_name!r}; "
                            f"it has {sorted(service.methods)}")
+        if self.inflight >= self.limits.max_inflight:
+            raise RpcError(BrpcCode.ELIMIT, f"{self.inflight} requests in flight reach the server's limit "
+                           f"({self.limits.max_inflight}); retry later or on another server")
+        self.inflight += 1
         try:
             payload = baidu_std.decompress(frame.payload, frame.meta.compress_type, self.limits.max_body_bytes)
             running = asyncio.get_running_loop().run_in_executor(self.pool, method, payload, frame.attachment,
                                                                   request.log_id)
             timeout = request.timeout_ms / 1000 if request.timeout_ms > 0 else None
-            return await asyncio.wait_for(running, timeout)
+            return await asyncio.wait_for(running, timeout)  # on timeout a still-queued call is cancelled, not run
         except PayloadError as exc:
             raise RpcError(BrpcCode.EREQUEST, str(exc)) from None
         except asyncio.TimeoutError:
@@ -153,6 +175,8 @@ class BrpcServer:
         except Exception as exc:
             log.exception("%s.%s failed", service.short_name, request.method_name)
             raise RpcError(BrpcCode.EINTERNAL, f"internal error: {type(exc).__name__}: {exc}") from None
+        finally:
+            self.inflight -= 1
 
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
         """HTTP/1.1 keep-alive: POST /{Service}/{method} with JSON."""
@@ -166,11 +190,40 @@ class BrpcServer:
             if request is None:
                 return
             first = b""
-            route = self.routes.get(request.path.split("?", 1)[0].rstrip("/"))
-            if route is None:
-                status, body = 404, HttpError(404, f"no route {request.path}; try {sorted(self.routes)}").body()
+            if request.method == "GET":
+                status, body, kind = self._get(request.path.split("?", 1)[0].rstrip("/"))
+                await write_response(writer, status, body, request.close, kind)
             else:
-                status, body = await asyncio.get_running_loop().run_in_executor(self.pool, route, request.body)
-            await write_response(writer, status, body, close=request.close)
+                status, body = await self._route(request)
+                await write_response(writer, status, body, close=request.close)
             if request.close:
                 return
+
+    def _get(self, path: str) -> tuple[int, bytes, str]:
+        """Probes and the scraper need no token: /health and /ready (the model is loaded before the port opens)."""
+        if path == "/metrics":
+            return 200, metrics.render().encode(), "text/plain; version=0.0.4"
+        if path in ("/health", "/ready"):
+            return 200, b'{"status": "ok"}', "application/json"
+        return 404, HttpError(404, f"no GET {path}; try /health, /ready or /metrics").body(), "application/json"
+
+    async def _route(self, request: HttpRequest) -> tuple[int, bytes]:
+        """Token, route, in-flight limit (HTTP 503), then the handler in the pool."""
+        route = self.routes.get(request.path.split("?", 1)[0].rstrip("/"))
+        if not self._http_authorized(request):
+            return http_status_of(DENIED), HTTP_DENIED
+        if route is None:
+            return 404, HttpError(404, f"no route {request.path}; try {sorted(self.routes)}").body()
+        if self.inflight >= self.limits.max_inflight:
+            error = OverloadedError(f"{self.inflight} requests in flight reach the server's limit "
+                                    f"({self.limits.max_inflight}); retry later or on another server")
+            return http_status_of(error), json.dumps({"err_no": int(error.code), "err_msg": error.message}).encode()
+        self.inflight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, route, request.body)
+        finally:
+            self.inflight -= 1
+
+    def _http_authorized(self, request: HttpRequest) -> bool:
+        """Every route is a POST call, so each needs the token when one is configured."""
+        return self.auth is None or self.auth.accepts_headers(request.headers)

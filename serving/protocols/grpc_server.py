@@ -5,11 +5,12 @@ from concurrent import futures
 import grpc
 
 from serving.dataplane import DataPlane, PipelineResponse
-from serving.errors import InputError
+from serving.errors import DeadlineExceededError, InputError
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
 from serving.protocols.health import add_health
 from serving.protocols.pipeline_codec import request_from_proto, response_to_proto
+from serving.security import SecurityConfig, add_grpc_port, grpc_interceptors
 
 
 class PipelineServicer(pb_grpc.PipelineServiceServicer):
@@ -22,19 +23,35 @@ class PipelineServicer(pb_grpc.PipelineServiceServicer):
         """Errors travel in err_no/err_msg, as Paddle Serving's clients expect, never as gRPC status."""
         try:
             decoded = request_from_proto(request, context.peer())
-        except InputError as exc:
+            decoded.timeout_ms = _client_timeout_ms(context)
+        except (InputError, DeadlineExceededError) as exc:
             return response_to_proto(PipelineResponse.from_error(exc))
         return response_to_proto(self.dataplane.infer(decoded, "grpc"))
 
 
-def start_grpc_server(dataplane: DataPlane, port: int, workers: int, max_message_bytes: int) -> tuple[grpc.Server, int]:
-    """Serve on `port` (0 = any free port); returns the server and the bound port."""
+def _client_timeout_ms(context: grpc.ServicerContext) -> float:
+    """What is left of the caller's gRPC deadline, in ms (0: none); a passed one is refused before any work."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 1e9:
+        return 0.0
+    if remaining <= 0:
+        raise DeadlineExceededError("the call's gRPC deadline passed before it was started")
+    return remaining * 1000
+
+
+def start_grpc_server(dataplane: DataPlane, port: int, workers: int, max_message_bytes: int,
+                      reuse_port: bool = False, security: SecurityConfig | None = None,
+                      max_inflight: int | None = None) -> tuple[grpc.Server, int]:
+    """Serve on `port` (0 = any free port); SO_REUSEPORT only for worker processes, so a busy port is an error."""
     options = [("grpc.max_receive_message_length", max_message_bytes),
-               ("grpc.max_send_message_length", max_message_bytes)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"), options=options)
+               ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", int(reuse_port))]
+    security = security or SecurityConfig()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"), options=options,
+                         interceptors=grpc_interceptors(security),
+                         maximum_concurrent_rpcs=max_inflight)  # beyond it: RESOURCE_EXHAUSTED at once
     pb_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(dataplane), server)
     add_health(server, lambda: dataplane.ready, [pb.DESCRIPTOR.services_by_name["PipelineService"].full_name])
-    bound = server.add_insecure_port(f"0.0.0.0:{port}")
+    bound = add_grpc_port(server, f"0.0.0.0:{port}", security)
     if bound == 0:
         raise OSError(f"cannot listen on rpc_port {port}")
     server.start()

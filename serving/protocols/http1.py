@@ -5,8 +5,9 @@ import json
 from dataclasses import dataclass
 
 MAX_HEAD = 64 * 1024
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
-           413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error"}
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+           411: "Length Required", 413: "Content Too Large", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class HttpError(Exception):
@@ -23,12 +24,13 @@ class HttpError(Exception):
 
 @dataclass
 class HttpRequest:
-    """Method, path, body, and whether the client asked to close."""
+    """Method, path, body, whether the client asked to close, and the headers (lower-case names)."""
 
     method: str
     path: str
     body: bytes
     close: bool
+    headers: dict[str, str]
 
 
 async def read_request(reader: asyncio.StreamReader, first: bytes, max_body: int) -> HttpRequest | None:
@@ -48,21 +50,25 @@ async def read_request(reader: asyncio.StreamReader, first: bytes, max_body: int
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         raise HttpError(400, f"not an HTTP/1.x request line: {lines[0][:80]!r}")
     headers = {key.strip().lower(): value.strip() for key, _, value in (line.partition(":") for line in lines[1:])}
+    close = headers.get("connection", "").lower() == "close" or parts[2] == "HTTP/1.0"
+    if parts[0] == "GET":
+        return HttpRequest("GET", parts[1], b"", close, headers)
     if parts[0] != "POST":
-        raise HttpError(405, f"use POST, not {parts[0]}")
+        raise HttpError(405, f"use POST (or GET for /health, /ready, /metrics), not {parts[0]}")
     length = headers.get("content-length", "")
     if not length.isdigit():
         raise HttpError(411, "a Content-Length header is required")
     if int(length) > max_body:
         raise HttpError(413, f"body of {length} bytes exceeds the limit of {max_body}")
     body = await reader.readexactly(int(length))
-    close = headers.get("connection", "").lower() == "close" or parts[2] == "HTTP/1.0"
-    return HttpRequest(parts[0], parts[1], body, close)
+    return HttpRequest(parts[0], parts[1], body, close, headers)
 
 
-async def write_response(writer: asyncio.StreamWriter, status: int, body: bytes, close: bool) -> None:
+async def write_response(writer: asyncio.StreamWriter, status: int, body: bytes, close: bool,
+                         content_type: str = "application/json") -> None:
     """A complete response with Content-Length."""
-    head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n" + ("Connection: close\r\n" if close else "") + "\r\n")
+    head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n" + ("WWW-Authenticate: Bearer\r\n" if status == 401 else "")
+            + ("Connection: close\r\n" if close else "") + "\r\n")
     writer.write(head.encode("latin-1") + body)
     await writer.drain()
