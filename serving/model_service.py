@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import json
 import logging
 import time
 
@@ -111,8 +112,8 @@ def http_routes(service: ModelService) -> dict[str, Route]:
 
     def call(body: bytes) -> tuple[int, bytes]:
         try:
-            request = json_format.Parse(body, gm.Request())
-        except (json_format.ParseError, UnicodeDecodeError) as exc:
+            request = parse_json_request(body)
+        except (json_format.ParseError, UnicodeDecodeError, ValueError) as exc:
             error = gm.Response(err_no=5000, err_msg=f"body is not a JSON GeneralModelService Request: {exc}")
             return 400, _json(error)
         return 200, _json(service.infer(request, "http"))
@@ -121,9 +122,47 @@ def http_routes(service: ModelService) -> dict[str, Route]:
             for method in ("inference", "debug")}
 
 
+# Repeated fields json_format would convert one element at a time (~4 ms for 1000 floats); JSON numbers either way.
+_BULK_FIELDS = ("float_data", "float64_data", "int_data")
+
+
+def parse_json_request(body: bytes) -> gm.Request:
+    """json_format.Parse, with image strings and numeric lists set in bulk (Parse alone takes ~3 ms per image)."""
+    data = json.loads(body)
+    tensors = data.get("tensor") if isinstance(data, dict) else None
+    if not isinstance(tensors, list) or not all(isinstance(tensor, dict) for tensor in tensors):
+        return json_format.Parse(body, gm.Request())  # not the usual shape: json_format names what is wrong
+    bulk = [{name: tensor.pop(name) for name in ("data", *_BULK_FIELDS) if name in tensor} for tensor in tensors]
+    plain = all(isinstance(value, list) and not any(isinstance(item, bool) for item in value)
+                for values in bulk for value in values.values())
+    request = json_format.ParseDict(data, gm.Request())
+    try:
+        if not plain:
+            raise TypeError("not plain lists")
+        for tensor, values in zip(request.tensor, bulk, strict=True):
+            for name, value in values.items():
+                getattr(tensor, name).extend(value)
+    except TypeError:  # e.g. "NaN" spelled as a string, which the JSON mapping allows: the exact path decides
+        return json_format.Parse(body, gm.Request())
+    return request
+
+
 def _json(response: gm.Response) -> bytes:
-    return json_format.MessageToJson(response, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True, indent=None).encode()
+    """The proto's JSON mapping, with the bulky numeric lists copied out by the C extension instead of json_format."""
+    light = gm.Response()
+    light.CopyFrom(response)
+    bulk = []
+    for output in light.outputs:
+        for tensor in output.tensor:
+            bulk.append({name: list(getattr(tensor, name)) for name in _BULK_FIELDS})
+            for name in _BULK_FIELDS:
+                tensor.ClearField(name)
+    data = json_format.MessageToDict(light, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+    tensors = [tensor for output in data.get("outputs", []) for tensor in output["tensor"]]
+    for tensor, values in zip(tensors, bulk, strict=True):
+        tensor.update(values)
+    return json.dumps(data).encode()
 
 
 class ModelServicer(gm_grpc.GeneralModelServiceServicer):

@@ -28,6 +28,7 @@ from serving.bench.report import (
     readme,
     write_outputs,
 )
+from serving.bench.scrape import mean_batch, server_means
 from serving.bench.servers import ServerError, wait_for_ports
 from serving.bench.stats import percentile, rate, summarize
 
@@ -205,12 +206,14 @@ def test_ceiling_table_has_a_row_per_worker_count() -> None:
 
 def test_overhead_subtracts_the_one_worker_ceiling_and_applies_each_protocols_target() -> None:
     def row(target: str, protocol: str, concurrency: int, p50: float | None) -> dict:
-        return {"target": target, "protocol": protocol, "concurrency": concurrency, "p50_ms": p50}
+        return {"target": target, "protocol": protocol, "concurrency": concurrency, "p50_ms": p50, "mean_ms": p50}
 
     e2e = {"settings": {"images_per_request": 1},
            "results": [row("pipeline", "http", 1, 10.0), row("pipeline", "http", 4, 30.0),
                        row("pipeline", "grpc", 1, 10.25), row("model_server", "brpc", 1, None),
                        row("model_server", "http", 1, 8.0)]}
+    e2e["results"][0]["server_ms"] = {"server": 8.0, "queue": 0.1, "preprocess": 1.5, "process": 6.0,
+                                      "postprocess": 0.2}
     single = ceiling_row(1, 2.0, 6.5)
     report = overhead_report(e2e, single)
     assert report["ceiling"] is single
@@ -221,7 +224,8 @@ def test_overhead_subtracts_the_one_worker_ceiling_and_applies_each_protocols_ta
     assert "| pipeline | http | 10.00 | 2.00 | 6.50 | 1.50 | ≤ 2.5 | met |" in lines
     assert "| pipeline | grpc | 10.25 | 2.00 | 6.50 | 1.75 | ≤ 1.5 | **missed** |" in lines
     assert "| model_server | brpc | – | 2.00 | 6.50 | – | ≤ 1.5 | **missed** |" in lines
-    assert lines[-1].startswith("- model_server/http: negative overhead")
+    assert any(line.startswith("- model_server/http: negative overhead") for line in lines)
+    assert lines[-1] == "| pipeline | http | 10.00 | 2.00 | 8.00 | 0.10 | 1.50 | 6.00 | 0.20 | 0.20 |"
     assert overhead_report({**e2e, "settings": {"images_per_request": 2}}, single) is None
     assert overhead_report({**e2e, "results": e2e["results"][1:2]}, single) is None
 
@@ -350,3 +354,19 @@ def test_memory_reads_the_servers_rss_after_warm_up_and_after_each_round(engines
     assert report["ratio"] == pytest.approx(rows[-1]["rss_bytes"] / rows[0]["rss_bytes"])
     assert report["met"] == (report["ratio"] <= 1.1) and report["settings"]["protocols"] == ["http", "grpc"]
     assert "RSS after 50 requests ÷ RSS after warm-up: **" in (out / "memory.md").read_text()
+
+
+def test_server_means_from_two_metrics_scrapes() -> None:
+    before = {'serving_request_seconds_sum{protocol="grpc"}': 1.0,
+              'serving_request_seconds_count{protocol="grpc"}': 100,
+              'serving_stage_seconds_sum{op="imagenet",stage="process"}': 0.5,
+              'serving_stage_seconds_count{op="imagenet",stage="process"}': 100,
+              'serving_batch_size_sum{op="imagenet"}': 100, 'serving_batch_size_count{op="imagenet"}': 100}
+    after = {'serving_request_seconds_sum{protocol="grpc"}': 1.8, 'serving_request_seconds_count{protocol="grpc"}': 200,
+             'serving_stage_seconds_sum{op="imagenet",stage="process"}': 1.1,
+             'serving_stage_seconds_count{op="imagenet",stage="process"}': 200,
+             'serving_batch_size_sum{op="imagenet"}': 400, 'serving_batch_size_count{op="imagenet"}': 200}
+    means = server_means(before, after, "grpc")
+    assert means["server"] == pytest.approx(8.0) and means["process"] == pytest.approx(6.0)
+    assert means["queue"] is None and server_means(before, after, "http")["server"] is None
+    assert mean_batch(before, after) == pytest.approx(3.0)

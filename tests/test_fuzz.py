@@ -5,12 +5,15 @@ import json
 
 import cv2
 import numpy as np
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serving.errors import InputError
 from serving.images import ImageDecodeError, decode_bgr
+from serving.model_service import parse_json_request
+from serving.proto import general_model_service_pb2 as gm
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto.brpc_meta_pb2 import RpcMeta
 from serving.protocols.baidu_std import FrameDecoder, FrameError, encode_frame
@@ -59,6 +62,36 @@ def test_json_requests_parse_or_raise_input_error(body: dict) -> None:
         assert all(isinstance(key, str) for key in request.keys)
     except InputError:
         pass
+
+
+TENSOR_KEYS = st.sampled_from(["name", "alias_name", "elem_type", "shape", "data", "float_data", "int_data",
+                               "float64_data", "int64_data", "lod", "other"])
+
+
+@FAST
+@given(st.dictionaries(st.sampled_from(["tensor", "fetch_var_names", "log_id", "other"]),
+                       JSON_VALUES | st.lists(st.dictionaries(TENSOR_KEYS, JSON_VALUES, max_size=4), max_size=3),
+                       max_size=4))
+def test_model_server_json_parses_like_json_format_or_fails_cleanly(body: dict) -> None:
+    assert_same_as_json_format(json.dumps(body).encode())
+
+
+def test_model_server_json_edge_cases_follow_json_format() -> None:
+    for odd in (b'{"tensor": [{"data": "abc"}]}', b'{"tensor": [{"float_data": [true]}]}',
+                b'{"tensor": [{"int_data": [1.0, 2]}]}', b'{"tensor": [{"float_data": ["NaN", 1]}]}',
+                b'{"tensor": [{"data": ["aGk="], "float_data": [0.5]}], "log_id": 3}'):
+        assert_same_as_json_format(odd)
+
+
+def assert_same_as_json_format(data: bytes) -> None:
+    try:
+        exact = json_format.Parse(data, gm.Request())
+    except (json_format.ParseError, ValueError):
+        exact = None
+    try:
+        assert parse_json_request(data) == exact
+    except (json_format.ParseError, ValueError):
+        assert exact is None
 
 
 @FAST

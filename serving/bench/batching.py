@@ -3,7 +3,6 @@
 import argparse
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
@@ -13,25 +12,12 @@ from serving.bench.e2e import result_row
 from serving.bench.load import LoadResult, Payloads, build_payloads, drive
 from serving.bench.models import ROOT, SAMPLE_IMAGE, ensure_model
 from serving.bench.report import batching_markdown, write_outputs
+from serving.bench.scrape import mean_batch, scrape
 from serving.bench.servers import Server, running
 from serving.bench.stats import rate
 
 WARMUP_S = 2.0
 MIN_RATIO = 0.95  # issue 5: batching may not cost more than 5 % of throughput
-BATCH_METRIC = "serving_batch_size"
-
-
-def batch_totals(endpoint: str) -> tuple[float, float]:
-    """(rows, predictor calls) so far, from the pipeline's /metrics histogram: the batches it really merged."""
-    with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    totals = {"sum": 0.0, "count": 0.0}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        for suffix in totals:
-            if name.split("{")[0] == f"{BATCH_METRIC}_{suffix}":
-                totals[suffix] += float(value)
-    return totals["sum"], totals["count"]
 
 
 def run_seconds(warm: LoadResult, seconds: float, min_requests: int) -> float:
@@ -45,11 +31,9 @@ def measure(server: Server, payloads: Payloads, args: argparse.Namespace) -> tup
     endpoint = server.endpoints[args.protocol]
     warm = drive("pipeline", args.protocol, endpoint, payloads, args.concurrency, WARMUP_S)
     seconds = run_seconds(warm, args.seconds, args.min_requests)
-    rows_before, calls_before = batch_totals(server.endpoints["http"])
+    before = scrape(server.endpoints["http"])
     result = drive("pipeline", args.protocol, endpoint, payloads, args.concurrency, seconds)
-    rows_after, calls_after = batch_totals(server.endpoints["http"])
-    calls = calls_after - calls_before
-    return result, (rows_after - rows_before) / calls if calls > 0 else None
+    return result, mean_batch(before, scrape(server.endpoints["http"]))
 
 
 def op_keys(args: argparse.Namespace, batching: bool) -> dict:

@@ -11,6 +11,7 @@ from serving.bench.load import LoadResult, Payloads, build_payloads, drive
 from serving.bench.models import SAMPLE_IMAGE
 from serving.bench.plots import write_plots
 from serving.bench.report import e2e_markdown, overhead_markdown, write_outputs
+from serving.bench.scrape import scrape, server_means
 from serving.bench.servers import Budget, running
 from serving.bench.stats import rate, summarize
 
@@ -43,17 +44,24 @@ def result_row(where: tuple[str, str, int], result: LoadResult, images: int, cei
             "ratio": requests_per_s * images / ceiling_ips if ceiling_ips > 0 else None}
 
 
-def _measure_protocol(where: tuple[str, str, str], payloads: Payloads, args: argparse.Namespace, ceiling_ips: float,
-                      bar: tqdm) -> list[dict]:
-    """Warm the server over this protocol (untimed), then one row per concurrency level."""
-    target, protocol, endpoint = where
+def _measure_protocol(where: tuple[str, str, str, str], payloads: Payloads, args: argparse.Namespace,
+                      ceiling_ips: float, bar: tqdm) -> list[dict]:
+    """Warm the server over this protocol (untimed), then one row per concurrency level.
+
+    At concurrency 1 the server's /metrics are read before and after, so the row also says where the time went.
+    """
+    target, protocol, endpoint, metrics_endpoint = where
     bar.set_description(f"{target}/{protocol} warm-up")
     drive(target, protocol, endpoint, payloads, max(args.workers, 2), min(WARMUP_S, args.seconds))
     rows = []
     for concurrency in args.concurrency:
         bar.set_description(f"{target}/{protocol} c={concurrency}")
+        # /metrics are per process: with worker processes two scrapes may come from different workers
+        before = scrape(metrics_endpoint) if concurrency == 1 and target != "pipeline_procs" else None
         result = drive(target, protocol, endpoint, payloads, concurrency, args.seconds)
         rows.append(result_row((target, protocol, concurrency), result, args.images, ceiling_ips))
+        if before is not None:
+            rows[-1]["server_ms"] = server_means(before, scrape(metrics_endpoint), protocol)
         bar.set_postfix_str(f"{rows[-1]['requests_per_s']:.1f} req/s, {rows[-1]['errors']} errors")
         bar.update()
     return rows
@@ -70,7 +78,8 @@ def run_e2e(args: argparse.Namespace, server_dir: Path, budget: Budget, ceiling:
             bar.set_description(f"starting {target}")
             with running(target, server_dir, budget, Path(tmp), max(args.concurrency)) as server:
                 for protocol in protocols:
-                    rows += _measure_protocol((target, protocol, server.endpoints[protocol]), payloads, args,
+                    where = (target, protocol, server.endpoints[protocol], server.endpoints["http"])
+                    rows += _measure_protocol(where, payloads, args,
                                               ceiling["images_per_s"], bar)
     return {
         "settings": {"model": args.model, "engine": budget.engine, "workers": budget.workers,
@@ -106,7 +115,8 @@ def overhead_row(row: dict, single: dict) -> dict:
     limit = OVERHEAD_LIMITS_MS[row["protocol"]]
     return {"target": row["target"], "protocol": row["protocol"], "e2e_p50_ms": row["p50_ms"],
             "preprocess_p50_ms": preprocess, "predict_p50_ms": predict, "overhead_ms": overhead, "limit_ms": limit,
-            "met": overhead is not None and overhead <= limit}
+            "met": overhead is not None and overhead <= limit, "e2e_mean_ms": row["mean_ms"],
+            "server_ms": row.get("server_ms", {})}
 
 
 def overhead_report(e2e: dict, single: dict) -> dict | None:

@@ -145,7 +145,32 @@ def overhead_markdown(report: dict) -> str:
     notes = [f"- {row['target']}/{row['protocol']}: negative overhead, so the machine was busier while the ceiling "
              "ran than during this row: rerun on an idle machine\n"
              for row in report["results"] if row["overhead_ms"] is not None and row["overhead_ms"] < 0]
-    return intro + markdown_table(header, rows) + ("\n" + "".join(notes) if notes else "")
+    return intro + markdown_table(header, rows) + ("\n" + "".join(notes) if notes else "") + breakdown_markdown(report)
+
+
+def breakdown_markdown(report: dict) -> str:
+    """The profile of a lone request: client-side mean against the server's own means per stage, from /metrics."""
+    stages = ("queue", "preprocess", "process", "postprocess")
+    header = ["target", "protocol", "e2e mean", "outside the server", "server", *stages, "rest in server"]
+    rows = []
+    for row in report["results"]:
+        server = row.get("server_ms") or {}
+        if server.get("server") is None or row["e2e_mean_ms"] is None:
+            continue
+        staged = [server.get(stage) for stage in stages]
+        rest = server["server"] - sum(value for value in staged if value is not None)
+        rows.append([row["target"], row["protocol"], fmt(row["e2e_mean_ms"], 2),
+                     fmt(row["e2e_mean_ms"] - server["server"], 2), fmt(server["server"], 2),
+                     *(fmt(value, 2) if value is not None else "—" for value in staged), fmt(rest, 2)])
+    if not rows:
+        return ""
+    return ("\n\nWhere the time goes at concurrency 1 (means in ms, same runs): 'outside the server' is the client, "
+            "the loopback network and the protocol's framing and parsing (HTTP/JSON, gRPC, baidu_std) before the "
+            "server's data plane starts its clock; 'server' is the data plane's own time; the stages are the op's "
+            "(the model server has no ops: its time is decode + preprocess + predict + encode); 'rest' is the data "
+            "plane and the hand-offs between threads. Compare 'process' with the ceiling's predict p50 above: "
+            "the difference is the predictor slowed by what else runs on the 2 cores.\n\n"
+            + markdown_table(header, rows))
 
 
 def batching_markdown(report: dict) -> str:
