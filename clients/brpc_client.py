@@ -8,7 +8,6 @@
 import argparse
 import asyncio
 import concurrent.futures
-import os
 import ssl
 import sys
 import threading
@@ -21,6 +20,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from clients.brpc_transport import BrpcError, ClientCode, Connection
+from clients.options import add_security_options
 from serving.errors import InputError
 from serving.model_card import display_name, label_name
 from serving.model_config import CLIENT_CONF, ModelConfigError, read_config
@@ -30,7 +30,6 @@ from serving.tensors import DTYPE_OF, TensorValue, to_array, to_tensor
 
 DEFAULT_ENDPOINT = "127.0.0.1:9292"
 COMPRESSIONS = {"none": CompressType.NONE, "gzip": CompressType.GZIP, "zlib": CompressType.ZLIB}
-TOKEN_ENV = "SERVING_TOKEN"  # --token's default, so the secret need not be on the command line
 
 
 class PredictError(Exception):
@@ -304,8 +303,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bench", action="store_true", help="send the first image repeatedly and report throughput")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight with --bench")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of --bench")
-    parser.add_argument("--ca", help="CA or self-signed certificate (PEM): connect with TLS and trust it")
-    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"token (default: ${TOKEN_ENV})")
+    add_security_options(parser)
     return parser.parse_args(argv)
 
 

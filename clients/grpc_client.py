@@ -2,16 +2,15 @@
 
 import argparse
 import base64
-import os
 import sys
 from pathlib import Path
 
 import grpc
 
+from clients.options import add_security_options
 from clients.pipeline_client import PipelineClient
 
 DEFAULT_ENDPOINT = "127.0.0.1:9993"
-TOKEN_ENV = "SERVING_TOKEN"  # --token's default, so the secret need not be on the command line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,8 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", type=Path, help="image files")
     parser.add_argument("--endpoint", action="append", help=f"host:port, repeatable (default {DEFAULT_ENDPOINT})")
     parser.add_argument("--log-id", type=int, default=0, help="log id sent with the request")
-    parser.add_argument("--ca", help="CA or self-signed certificate (PEM): connect with TLS and trust it")
-    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"bearer token (default: ${TOKEN_ENV})")
+    add_security_options(parser)
     args = parser.parse_args(argv)
     keys = ["image"] if len(args.images) == 1 else [f"image_{i}" for i in range(len(args.images))]
     feed = {key: base64.b64encode(path.read_bytes()).decode("ascii") for key, path in zip(keys, args.images,

@@ -3,15 +3,15 @@
 import argparse
 import base64
 import json
-import os
 import ssl
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from clients.options import add_security_options
+
 DEFAULT_URL = "http://127.0.0.1:18080/imagenet/prediction"
-TOKEN_ENV = "SERVING_TOKEN"  # --token's default, so the secret need not be on the command line
 
 
 def image_request(paths: list[Path], log_id: int = 0) -> dict:
@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", type=Path, help="image files")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"service URL (default {DEFAULT_URL})")
     parser.add_argument("--log-id", type=int, default=0, help="log id sent with the request")
-    parser.add_argument("--ca", help="CA or self-signed certificate (PEM) to trust for an https:// URL")
-    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"bearer token (default: ${TOKEN_ENV})")
+    add_security_options(parser)
     args = parser.parse_args(argv)
     try:
         answer = post(args.url, image_request(args.images, args.log_id), ca_file=args.ca, token=args.token)

@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 from soak_cases import UNPICKLED, ModelServerBrpc, ModelServerGrpc, PipelineGrpc, PipelineHttp  # beside this script
 
+from serving.bench.memory import rss_bytes
 from serving.bench.models import DEFAULT_MODELS_DIR, ROOT, ensure_model, quiet_env
 from serving.bench.servers import free_port, stop, wait_for_ports, wait_until_ready
 from serving.files import atomic_write_text
@@ -127,22 +128,13 @@ def workers(supervisor: int) -> list[int]:
     return found
 
 
-def rss_kb(pid: int) -> int:
-    """VmRSS of one process in kB (0 once it is gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-
-
 def snapshot(processes: dict[str, subprocess.Popen]) -> dict[str, int]:
     """RSS by role and pid: the supervisor, each worker, the model server."""
     supervisor = processes["pipeline"].pid
     pids = {f"pipeline supervisor {supervisor}": supervisor,
             **{f"pipeline worker {pid}": pid for pid in workers(supervisor)},
             f"model server {processes['model_server'].pid}": processes["model_server"].pid}
-    return {name: rss_kb(pid) for name, pid in pids.items()}
+    return {name: rss_bytes(pid) // 1024 for name, pid in pids.items()}
 
 
 def kill_a_worker(processes: dict[str, subprocess.Popen], log: Path, tally: Tally) -> dict:
