@@ -83,7 +83,8 @@ def e2e_report(rows: list[dict]) -> dict:
     """An e2e report around `rows`, as run_e2e returns it."""
     return {"settings": {"model": "SqueezeNet1_1", "engine": "onnxruntime", "images_per_request": 2, "seconds": 2.0,
                          "workers": 2, "threads": 2},
-            "ceiling": {"images_per_s": 200.0}, "results": rows}
+            "ceilings": {"pipeline": [{"images_per_s": 200.0}], "model_server": [{"images_per_s": 180.0}]},
+            "results": rows}
 
 
 def test_e2e_rows_ratio_and_table() -> None:
@@ -95,6 +96,7 @@ def test_e2e_rows_ratio_and_table() -> None:
     empty = result_row(("model_server", "brpc", 1), LoadResult(wall_s=1.0), images=1, ceiling_ips=0.0)
     assert empty["p50_ms"] is None and empty["requests_per_s"] == 0.0 and empty["ratio"] is None
     lines = e2e_markdown(e2e_report([row, empty])).splitlines()
+    assert "right before that target's server started (pipeline 200.0, model_server 180.0 images/s)" in lines[0]
     assert "| pipeline | http | 4 | 50.0 | 100.0 | 10.0 | 10.0 | 10.4 | 1 | 0.50 |" in lines
     assert "| model_server | brpc | 1 | 0.0 | 0.0 | – | – | – | 0 | – |" in lines
     assert lines[-1] == "- pipeline/http c=4: first error: err_no 5000: bad"
@@ -199,9 +201,10 @@ def ceiling_row(workers: int, preprocess_ms: float, predict_ms: float) -> dict:
 
 
 def test_ceiling_table_has_a_row_per_worker_count() -> None:
-    lines = ceiling_markdown({"results": [ceiling_row(2, 2.5, 14.0), ceiling_row(1, 2.0, 6.5)]}).splitlines()
-    assert "| SqueezeNet1_1 | onnxruntime | 2 × 2 | 200.0 | 2.50 | 14.00 | 16.50 |" in lines
-    assert lines[-1] == "| SqueezeNet1_1 | onnxruntime | 1 × 2 | 100.0 | 2.00 | 6.50 | 8.50 |"
+    rows = [{**ceiling_row(2, 2.5, 14.0), "before": "pipeline"}, ceiling_row(1, 2.0, 6.5)]
+    lines = ceiling_markdown({"results": rows}).splitlines()
+    assert "| pipeline | SqueezeNet1_1 | onnxruntime | 2 × 2 | 200.0 | 2.50 | 14.00 | 16.50 |" in lines
+    assert lines[-1] == "| — | SqueezeNet1_1 | onnxruntime | 1 × 2 | 100.0 | 2.00 | 6.50 | 8.50 |"
 
 
 def test_overhead_subtracts_the_one_worker_ceiling_and_applies_each_protocols_target() -> None:
@@ -214,20 +217,21 @@ def test_overhead_subtracts_the_one_worker_ceiling_and_applies_each_protocols_ta
                        row("model_server", "http", 1, 8.0)]}
     e2e["results"][0]["server_ms"] = {"server": 8.0, "queue": 0.1, "preprocess": 1.5, "process": 6.0,
                                       "postprocess": 0.2}
-    single = ceiling_row(1, 2.0, 6.5)
-    report = overhead_report(e2e, single)
-    assert report["ceiling"] is single
+    single, later = ceiling_row(1, 2.0, 6.5), ceiling_row(1, 3.0, 7.0)
+    e2e["ceilings"] = {"pipeline": [ceiling_row(2, 2.5, 14.0), single], "model_server": [later]}
+    report = overhead_report(e2e)
+    assert report["ceilings"] == {"pipeline": single, "model_server": later}
     assert [(r["protocol"], r["overhead_ms"], r["limit_ms"], r["met"]) for r in report["results"]] == [
         ("http", pytest.approx(1.5), 2.5, True), ("grpc", pytest.approx(1.75), 1.5, False), ("brpc", None, 1.5, False),
-        ("http", pytest.approx(-0.5), 2.5, True)]
+        ("http", pytest.approx(-2.0), 2.5, True)]
     lines = overhead_markdown(report).splitlines()
     assert "| pipeline | http | 10.00 | 2.00 | 6.50 | 1.50 | ≤ 2.5 | met |" in lines
     assert "| pipeline | grpc | 10.25 | 2.00 | 6.50 | 1.75 | ≤ 1.5 | **missed** |" in lines
-    assert "| model_server | brpc | – | 2.00 | 6.50 | – | ≤ 1.5 | **missed** |" in lines
+    assert "| model_server | brpc | – | 3.00 | 7.00 | – | ≤ 1.5 | **missed** |" in lines
     assert any(line.startswith("- model_server/http: negative overhead") for line in lines)
     assert lines[-1] == "| pipeline | http | 10.00 | 2.00 | 8.00 | 0.10 | 1.50 | 6.00 | 0.20 | 0.20 |"
-    assert overhead_report({**e2e, "settings": {"images_per_request": 2}}, single) is None
-    assert overhead_report({**e2e, "results": e2e["results"][1:2]}, single) is None
+    assert overhead_report({**e2e, "settings": {"images_per_request": 2}}) is None
+    assert overhead_report({**e2e, "results": e2e["results"][1:2]}) is None
 
 
 def test_batching_summary_flags_a_throughput_loss_above_5_percent() -> None:
@@ -311,9 +315,10 @@ def test_e2e_writes_both_ceilings_and_the_overhead_of_the_same_run(engines_run: 
     out = bench(engines_run, "e2e", "--targets", "pipeline", "--protocols", "grpc", "--concurrency", "1", "--seconds",
                 "0.5")
     ceilings = json.loads((out / "ceiling.json").read_text())["results"]
-    assert [(c["workers"], c["threads"]) for c in ceilings] == [(2, 2), (1, 2)]
+    assert [(c["workers"], c["threads"], c["before"]) for c in ceilings] == [(2, 2, "pipeline"), (1, 2, "pipeline")]
     overhead = json.loads((out / "overhead.json").read_text())
-    assert overhead["ceiling"] == ceilings[1] and overhead["command"].startswith("python -m serving.bench e2e")
+    assert overhead["ceilings"] == {"pipeline": {key: value for key, value in ceilings[1].items() if key != "before"}}
+    assert overhead["command"].startswith("python -m serving.bench e2e")
     (row,) = overhead["results"]
     (e2e_row,) = json.loads((out / "e2e.json").read_text())["results"]
     assert (row["target"], row["protocol"], row["limit_ms"], row["e2e_p50_ms"]) == ("pipeline", "grpc", 1.5,

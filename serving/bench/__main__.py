@@ -140,19 +140,21 @@ def _stamp(report: dict, command: str) -> dict:
     return {"command": command, "machine": machine_info(), **report}
 
 
-def _ceilings(args: argparse.Namespace) -> tuple[list[dict], Path, Budget]:
-    """Export if needed, resolve the engine, measure the ceilings (budget, then 1 worker): (rows, folder, budget)."""
+def _served_model(args: argparse.Namespace) -> tuple[Path, Budget]:
+    """Export if needed and resolve the engine: (serving_server folder, thread budget)."""
     server_dir = ensure_model(args.model, args.models_dir)
-    budget = resolved_budget(args.engine, args.workers, args.threads, server_dir)
-    workers = " and ".join(str(count) for count in dict.fromkeys((budget.workers, 1)))
-    print(f"ceiling: {args.model} on {budget.engine}, {workers} worker(s) × {budget.threads} threads, {args.seconds} s "
-          "each ...", file=sys.stderr)
+    return server_dir, resolved_budget(args.engine, args.workers, args.threads, server_dir)
+
+
+def _ceilings(args: argparse.Namespace, server_dir: Path, budget: Budget) -> list[dict]:
+    """Measure the ceilings (budget, then 1 worker) and say what they were."""
     ceilings = run_ceilings(args.model, server_dir, budget, args.seconds)
     for ceiling in ceilings:
-        print(f"ceiling, {ceiling['workers']} worker(s): {ceiling['images_per_s']:.1f} images/s, p50 preprocess "
-              f"{ceiling['preprocess']['median_ms']:.2f} ms, predict {ceiling['predict']['median_ms']:.2f} ms, total "
-              f"{ceiling['total']['median_ms']:.2f} ms", file=sys.stderr)
-    return ceilings, server_dir, budget
+        print(f"ceiling, {ceiling['workers']} worker(s) × {budget.threads} threads on {budget.engine}: "
+              f"{ceiling['images_per_s']:.1f} images/s, p50 preprocess {ceiling['preprocess']['median_ms']:.2f} ms, "
+              f"predict {ceiling['predict']['median_ms']:.2f} ms, total {ceiling['total']['median_ms']:.2f} ms",
+              file=sys.stderr)
+    return ceilings
 
 
 def cmd_engines(args: argparse.Namespace, command: str) -> list[Path]:
@@ -162,17 +164,17 @@ def cmd_engines(args: argparse.Namespace, command: str) -> list[Path]:
 
 def cmd_ceiling(args: argparse.Namespace, command: str) -> list[Path]:
     """ceiling.json + ceiling.md."""
-    ceilings, _, _ = _ceilings(args)
-    return write_ceiling(_stamp({"results": ceilings}, command), args.out)
+    return write_ceiling(_stamp({"results": _ceilings(args, *_served_model(args))}, command), args.out)
 
 
 def cmd_e2e(args: argparse.Namespace, command: str) -> list[Path]:
-    """ceiling, e2e (+ plots) and overhead files of one run; the ceilings are measured first, before any server."""
-    ceilings, server_dir, budget = _ceilings(args)
-    paths = write_ceiling(_stamp({"results": ceilings}, command), args.out)
-    e2e = _stamp(run_e2e(args, server_dir, budget, ceilings[0]), command)
+    """ceiling, e2e (+ plots) and overhead files of one run; the ceilings are measured before each target."""
+    server_dir, budget = _served_model(args)
+    e2e = _stamp(run_e2e(args, server_dir, budget, lambda: _ceilings(args, server_dir, budget)), command)
+    measured = [{**ceiling, "before": target} for target, ceilings in e2e["ceilings"].items() for ceiling in ceilings]
+    paths = write_ceiling(_stamp({"results": measured}, command), args.out)
     paths += write_e2e(e2e, args.out)
-    overhead = overhead_report(e2e, ceilings[-1])
+    overhead = overhead_report(e2e)
     if overhead is None:
         print("note: no overhead table: it needs concurrency 1 and 1 image per request", file=sys.stderr)
         return paths

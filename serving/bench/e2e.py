@@ -3,12 +3,13 @@
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
 
 from serving.bench.load import LoadResult, Payloads, build_payloads, drive
-from serving.bench.models import SAMPLE_IMAGE
+from serving.bench.models import ROOT, SAMPLE_IMAGE
 from serving.bench.plots import write_plots
 from serving.bench.report import e2e_markdown, overhead_markdown, write_outputs
 from serving.bench.scrape import scrape, server_means
@@ -67,24 +68,31 @@ def _measure_protocol(where: tuple[str, str, str, str], payloads: Payloads, args
     return rows
 
 
-def run_e2e(args: argparse.Namespace, server_dir: Path, budget: Budget, ceiling: dict) -> dict:
-    """Each target in turn (one server up at a time, so idle servers take no CPU); returns the e2e.json report."""
+def run_e2e(args: argparse.Namespace, server_dir: Path, budget: Budget,
+            measure_ceilings: Callable[[], list[dict]]) -> dict:
+    """Each target in turn (one server up at a time, so idle servers take no CPU); returns the e2e.json report.
+
+    The ceilings (the budget's, then 1 worker's) are measured again right before each target's server starts:
+    this VM's speed drifts over minutes, so each ratio compares with a baseline taken moments before it.
+    """
     payloads = build_payloads(SAMPLE_IMAGE.read_bytes(), args.images, server_dir)
     steps = plan(args.targets, args.protocols)
     rows: list[dict] = []
+    ceilings: dict[str, list[dict]] = {}
     total = sum(len(protocols) for _, protocols in steps) * len(args.concurrency)
     with tqdm(total=total, unit="run", file=sys.stderr) as bar, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for target, protocols in steps:
+            bar.set_description(f"ceiling before {target}")
+            ceilings[target] = measure_ceilings()
             bar.set_description(f"starting {target}")
             with running(target, server_dir, budget, Path(tmp), max(args.concurrency)) as server:
                 for protocol in protocols:
                     where = (target, protocol, server.endpoints[protocol], server.endpoints["http"])
-                    rows += _measure_protocol(where, payloads, args,
-                                              ceiling["images_per_s"], bar)
+                    rows += _measure_protocol(where, payloads, args, ceilings[target][0]["images_per_s"], bar)
     return {
         "settings": {"model": args.model, "engine": budget.engine, "workers": budget.workers,
                      "threads": budget.threads, "seconds": args.seconds, "concurrency": args.concurrency,
-                     "images_per_request": args.images, "image": ceiling["image"],
+                     "images_per_request": args.images, "image": str(SAMPLE_IMAGE.relative_to(ROOT)),
                      "load": "closed loop from one process; HTTP keep-alive and one gRPC channel per worker thread, "
                              "brpc via predict_async on one event loop",
                      "pipeline": f"op concurrency {budget.workers}, thread_num {budget.threads}, gRPC worker_num "
@@ -93,7 +101,7 @@ def run_e2e(args: argparse.Namespace, server_dir: Path, budget: Budget, ceiling:
                                        f"op concurrency 1, thread_num {budget.threads}",
                      "model_server": f"--thread {budget.workers} --cpu_threads {budget.threads} --use_mkldnn "
                                      "--ir_optim"},
-        "ceiling": ceiling,
+        "ceilings": ceilings,
         "results": rows,
     }
 
@@ -119,12 +127,14 @@ def overhead_row(row: dict, single: dict) -> dict:
             "server_ms": row.get("server_ms", {})}
 
 
-def overhead_report(e2e: dict, single: dict) -> dict | None:
-    """The overhead table from one run's concurrency-1 rows; None without them or with multi-image requests."""
+def overhead_report(e2e: dict) -> dict | None:
+    """The overhead table from one run's concurrency-1 rows, each against the 1-worker ceiling measured before its
+    target; None without such rows or with multi-image requests."""
     rows = [row for row in e2e["results"] if row["concurrency"] == 1]
     if not rows or e2e["settings"]["images_per_request"] != 1:
         return None
-    return {"ceiling": single, "results": [overhead_row(row, single) for row in rows]}
+    singles = {target: measured[-1] for target, measured in e2e["ceilings"].items()}
+    return {"ceilings": singles, "results": [overhead_row(row, singles[row["target"]]) for row in rows]}
 
 
 def write_overhead(report: dict, out: Path) -> list[Path]:

@@ -99,15 +99,16 @@ def engines_markdown(report: dict) -> str:
 
 def ceiling_markdown(report: dict) -> str:
     """A row per thread budget: images/s and p50 of preprocess, predict and total for the in-process ceiling."""
-    header = ["Model", "engine", "workers × threads", "images/s", "preprocess p50 ms", "predict p50 ms",
-              "total p50 ms"]
-    rows = [[row["model"], row["engine"], f"{row['workers']} × {row['threads']}", fmt(row["images_per_s"]),
-             fmt(row["preprocess"]["median_ms"], 2), fmt(row["predict"]["median_ms"], 2),
+    header = ["measured before", "Model", "engine", "workers × threads", "images/s", "preprocess p50 ms",
+              "predict p50 ms", "total p50 ms"]
+    rows = [[row.get("before", "—"), row["model"], row["engine"], f"{row['workers']} × {row['threads']}",
+             fmt(row["images_per_s"]), fmt(row["preprocess"]["median_ms"], 2), fmt(row["predict"]["median_ms"], 2),
              fmt(row["total"]["median_ms"], 2)] for row in report["results"]]
     first = report["results"][0]
     intro = (f"In-process ceiling: decode + preprocess + predict of `{first['image']}` from W threads sharing a "
-             f"predictor pool of W (W = workers), {first['seconds']} s per row, no serving. The 1-worker row is the "
-             "baseline of the overhead at concurrency 1.\n\n")
+             f"predictor pool of W (W = workers), {first['seconds']} s per row, no serving; in an e2e run, measured "
+             "again right before each target's server starts. The 1-worker rows are the baselines of the overhead "
+             "at concurrency 1.\n\n")
     return intro + markdown_table(header, rows)
 
 
@@ -121,8 +122,10 @@ def e2e_markdown(report: dict) -> str:
     settings = report["settings"]
     intro = (f"{settings['model']} ({settings['engine']}), {settings['images_per_request']} image(s) per request, "
              f"{settings['seconds']} s per row, closed loop; servers run {settings['workers']} concurrent predictions "
-             f"× {settings['threads']} math threads. 'of ceiling' = images/s ÷ the in-process ceiling "
-             f"({fmt(report['ceiling']['images_per_s'])} images/s)."
+             f"× {settings['threads']} math threads. 'of ceiling' = images/s ÷ the in-process ceiling measured right "
+             "before that target's server started ("
+             + ", ".join(f"{target} {fmt(runs[0]['images_per_s'])}" for target, runs in report["ceilings"].items())
+             + " images/s)."
              + "".join(f" {target}: {settings[target]}." for target in ("pipeline", "pipeline_procs", "model_server")
                        if target in settings) + "\n\n")
     errors = [f"- {row['target']}/{row['protocol']} c={row['concurrency']}: first error: {row['first_error']}\n"
@@ -137,11 +140,12 @@ def overhead_markdown(report: dict) -> str:
     rows = [[row["target"], row["protocol"], fmt(row["e2e_p50_ms"], 2), fmt(row["preprocess_p50_ms"], 2),
              fmt(row["predict_p50_ms"], 2), fmt(row["overhead_ms"], 2), f"≤ {fmt(row['limit_ms'])}",
              "met" if row["met"] else "**missed**"] for row in report["results"]]
-    ceiling = report["ceiling"]
+    ceiling = next(iter(report["ceilings"].values()))
     intro = (f"{ceiling['model']} ({ceiling['engine']}), one 1-image request at a time: e2e p50 from the end-to-end "
              f"table (concurrency 1), preprocess and predict p50 from the in-process ceiling with 1 worker × "
-             f"{ceiling['threads']} math threads, measured in the same run. overhead = e2e p50 − (preprocess p50 + "
-             "predict p50): network, (de)serialisation, queues and threads.\n\n")
+             f"{ceiling['threads']} math threads, measured in the same run right before that target's server. "
+             "overhead = e2e p50 − (preprocess p50 + predict p50): network, (de)serialisation, queues and threads."
+             "\n\n")
     notes = [f"- {row['target']}/{row['protocol']}: negative overhead, so the machine was busier while the ceiling "
              "ran than during this row: rerun on an idle machine\n"
              for row in report["results"] if row["overhead_ms"] is not None and row["overhead_ms"] < 0]
