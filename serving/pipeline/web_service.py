@@ -145,6 +145,7 @@ class WebService:
         return self
 
     def _start_front_ends(self, dataplane: DataPlane, reuse_port: bool) -> None:
+        """HTTP and gRPC on the configured ports; worker processes share them (SO_REUSEPORT)."""
         limits = self.config.limits
         if self.config.http_port is not None:
             server, self.http_port = start_http_server(dataplane, self.config.http_port, limits.max_body_bytes,

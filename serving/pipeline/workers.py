@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
@@ -79,7 +79,7 @@ class _Worker:
     ready: bool = False
     backoff_s: float = 0.0
     restart_at: float | None = None
-    restarts: int = field(default=0)
+    restarts: int = 0
 
 
 class WorkerPool:
@@ -163,8 +163,8 @@ class WorkerPool:
             except EOFError:
                 return
             if worker.ready:
-                log.info("worker %d back in service (pid %s) %.1f s after its restart", worker.slot,
-                         worker.process.pid, now - worker.started)
+                log.info("worker %d back in service (pid %s) %.1f s after its restart (restart %d of this slot)",
+                         worker.slot, worker.process.pid, now - worker.started, worker.restarts)
 
     def stop(self, drain_s: float) -> None:
         """SIGTERM every worker (each drains its in-flight requests), wait for them, SIGKILL stragglers."""
