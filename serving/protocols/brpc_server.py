@@ -1,9 +1,10 @@
 """One asyncio port, as brpc serves it: baidu_std frames and HTTP/1.1 JSON, told apart by the first bytes."""
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -158,16 +159,15 @@ class BrpcServer:
         if method is None:
             raise RpcError(BrpcCode.ENOMETHOD, f"{service.short_name} has no method {request.method_name!r}; "
                            f"it has {sorted(service.methods)}")
-        if self.inflight >= self.limits.max_inflight:
-            raise RpcError(BrpcCode.ELIMIT, f"{self.inflight} requests in flight reach the server's limit "
-                           f"({self.limits.max_inflight}); retry later or on another server")
-        self.inflight += 1
         try:
-            payload = baidu_std.decompress(frame.payload, frame.meta.compress_type, self.limits.max_body_bytes)
-            running = asyncio.get_running_loop().run_in_executor(self.pool, method, payload, frame.attachment,
-                                                                  request.log_id)
-            timeout = request.timeout_ms / 1000 if request.timeout_ms > 0 else None
-            return await asyncio.wait_for(running, timeout)  # on timeout a still-queued call is cancelled, not run
+            with self._admitted():
+                payload = baidu_std.decompress(frame.payload, frame.meta.compress_type, self.limits.max_body_bytes)
+                running = asyncio.get_running_loop().run_in_executor(self.pool, method, payload, frame.attachment,
+                                                                      request.log_id)
+                timeout = request.timeout_ms / 1000 if request.timeout_ms > 0 else None
+                return await asyncio.wait_for(running, timeout)  # on timeout a still-queued call is cancelled
+        except OverloadedError as exc:
+            raise RpcError(BrpcCode.ELIMIT, str(exc)) from None
         except PayloadError as exc:
             raise RpcError(BrpcCode.EREQUEST, str(exc)) from None
         except asyncio.TimeoutError:
@@ -175,6 +175,16 @@ class BrpcServer:
         except Exception as exc:
             log.exception("%s.%s failed", service.short_name, request.method_name)
             raise RpcError(BrpcCode.EINTERNAL, f"internal error: {type(exc).__name__}: {exc}") from None
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """Count one request in flight, or refuse it at max_inflight: one rule for baidu_std and HTTP."""
+        if self.inflight >= self.limits.max_inflight:
+            raise OverloadedError(f"{self.inflight} requests in flight reach the server's limit "
+                                  f"({self.limits.max_inflight}); retry later or on another server")
+        self.inflight += 1
+        try:
+            yield
         finally:
             self.inflight -= 1
 
@@ -214,15 +224,11 @@ class BrpcServer:
             return http_status_of(DENIED), HTTP_DENIED
         if route is None:
             return 404, HttpError(404, f"no route {request.path}; try {sorted(self.routes)}").body()
-        if self.inflight >= self.limits.max_inflight:
-            error = OverloadedError(f"{self.inflight} requests in flight reach the server's limit "
-                                    f"({self.limits.max_inflight}); retry later or on another server")
-            return http_status_of(error), json.dumps({"err_no": int(error.code), "err_msg": error.message}).encode()
-        self.inflight += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, route, request.body)
-        finally:
-            self.inflight -= 1
+            with self._admitted():
+                return await asyncio.get_running_loop().run_in_executor(self.pool, route, request.body)
+        except OverloadedError as exc:
+            return http_status_of(exc), json.dumps({"err_no": int(exc.code), "err_msg": exc.message}).encode()
 
     def _http_authorized(self, request: HttpRequest) -> bool:
         """Every route is a POST call, so each needs the token when one is configured."""
