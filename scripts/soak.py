@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 from soak_cases import UNPICKLED, ModelServerBrpc, ModelServerGrpc, PipelineGrpc, PipelineHttp  # beside this script
 
-from serving.bench.memory import rss_bytes
+from serving.bench.memory import parent_pids, rss_bytes
 from serving.bench.models import DEFAULT_MODELS_DIR, ROOT, ensure_model, quiet_env
 from serving.bench.servers import free_port, stop, wait_for_ports, wait_until_ready
 from serving.files import atomic_write_text
@@ -109,16 +109,10 @@ def start_servers(model_dir: Path, workdir: Path) -> tuple[dict[str, subprocess.
     return processes, ports, log
 
 
-def children(pid: int) -> list[int]:
-    """Direct children of `pid` (Linux /proc)."""
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(child) for child in path.read_text().split()] if path.exists() else []
-
-
 def workers(supervisor: int) -> list[int]:
     """The pipeline's worker processes (not multiprocessing's resource tracker)."""
-    found = []
-    for pid in children(supervisor):
+    found = []  # by parent pid: /proc/PID/task/PID/children misses those the supervisor's watcher thread restarted
+    for pid in [child for child, parent in parent_pids().items() if parent == supervisor]:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:

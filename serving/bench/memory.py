@@ -19,7 +19,7 @@ ROUND_LIMIT_S = 3600.0  # rounds end by request count; this only bounds a server
 MIB = 1 << 20
 
 
-def _parents() -> dict[int, int]:
+def parent_pids() -> dict[int, int]:
     """pid -> parent pid of every process in /proc (a process may exit while we look: skipped)."""
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -33,7 +33,7 @@ def _parents() -> dict[int, int]:
 
 def process_tree(pid: int) -> list[int]:
     """`pid` and all its descendants, so worker processes (if ops ever run as processes) are counted too."""
-    parents = _parents()
+    parents = parent_pids()
     tree, index = [pid], 0
     while index < len(tree):
         tree += [child for child, parent in parents.items() if parent == tree[index]]
