@@ -9,36 +9,18 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar
 
 import grpc
 import pytest
 
 from serving.model_server import ModelServer, build_service, parse_args
-from serving.pipeline import Op, WebService
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
 from tests.conftest import photo_bytes
 from tests.test_model_server import Connection, image_request
 from tests.test_web_service import b64, service_config
-
-
-class CountingSleepOp(Op):
-    """No model: sleeps for the request's `seconds` and records which requests it actually ran."""
-
-    ran: ClassVar[list[str]] = []
-
-    def preprocess(self, input_dicts: dict, data_id: int = 0, log_id: int = 0) -> tuple:
-        ((_, request),) = input_dicts.items()
-        CountingSleepOp.ran.append(request.get("tag", ""))
-        time.sleep(float(request["seconds"]))
-        return {"done": "1"}, False, None, ""
-
-
-class SleepService(WebService):
-    def get_pipeline_response(self, read_op: Op) -> Op:
-        return CountingSleepOp(name="sleep", input_ops=[read_op])
+from tests.test_workers import SleepOp, SleepService
 
 
 def start_sleep_service(**limits: int) -> SleepService:
@@ -63,7 +45,7 @@ def post_sleep(port: int, seconds: float, tag: str = "", timeout_ms: float | Non
 
 @pytest.fixture
 def sleepy() -> Iterator[SleepService]:
-    CountingSleepOp.ran.clear()
+    SleepOp.ran.clear()
     svc = start_sleep_service(max_inflight=3, max_queue=1, request_timeout_ms=10_000)
     yield svc
     svc.stop()
@@ -81,7 +63,7 @@ def test_in_flight_and_queue_limits_refuse_at_once_then_serve(sleepy: SleepServi
         assert time.monotonic() - started < 0.5
         assert status == 503 and answer["err_no"] == 5000 and "limits.max_queue" in answer["err_msg"]
         assert running.result()[1]["err_no"] == 0 and queued.result()[1]["err_no"] == 0
-    assert "refused" not in CountingSleepOp.ran
+    assert "refused" not in SleepOp.ran
     assert post_sleep(port, 0)[1]["err_no"] == 0
 
 
@@ -126,7 +108,7 @@ def test_http_deadline_header_answers_6000_and_drops_queued_work(sleepy: SleepSe
         assert time.monotonic() - started < 0.8
         assert running.result()[1]["err_no"] == 0
     time.sleep(0.2)
-    assert CountingSleepOp.ran == ["running"]  # the expired request was dropped from the queue, never run
+    assert SleepOp.ran == ["running"]  # the expired request was dropped from the queue, never run
     assert post_sleep(port, 0, timeout_ms=5000)[1]["err_no"] == 0
     status, answer = post_sleep(port, 0, timeout_ms="soon")  # type: ignore[arg-type]
     assert answer["err_no"] == 5000 and "X-Request-Timeout-Ms" in answer["err_msg"]
@@ -146,7 +128,7 @@ def test_grpc_deadline_travels_to_the_dag(sleepy: SleepService) -> None:
         assert outcome in (6000, grpc.StatusCode.DEADLINE_EXCEEDED) and time.monotonic() - started < 0.8
         assert running.result()[1]["err_no"] == 0
         time.sleep(0.2)
-        assert CountingSleepOp.ran == ["running"]  # dropped from the op's queue: only a known deadline does that
+        assert SleepOp.ran == ["running"]  # dropped from the op's queue: only a known deadline does that
         reply = stub.inference(pb.Request(key=["seconds"], value=["0"], name="sleep"), timeout=10)
         assert reply.err_no == 0
 

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -22,10 +23,16 @@ from tests.test_web_service import b64, expected, parsed, post, service_config
 
 
 class SleepOp(Op):
-    """No model: sleeps for the request's `seconds`, so a request can be caught in flight."""
+    """No model: sleeps for the request's `seconds`, so a request can be caught in flight; answers with its pid.
+
+    In-process services also record each request's `tag` as it starts, so a test can tell what really ran.
+    """
+
+    ran: ClassVar[list[str]] = []
 
     def preprocess(self, input_dicts: dict, data_id: int = 0, log_id: int = 0) -> tuple:
         ((_, request),) = input_dicts.items()
+        SleepOp.ran.append(request.get("tag", ""))
         time.sleep(float(request["seconds"]))
         return {"pid": str(os.getpid())}, False, None, ""
 
