@@ -73,7 +73,8 @@ def report(result: ExportResult, out: Path) -> None:
           f"x{card['input']['shape'][2]}) to {out}")
     print(f"  params: {result.params:,} ({result.params / 1e6:.2f} M; published {published['params_m']:.2f} M)")
     print(f"  FLOPs:  {result.flops / 1e9:.2f} G (2 x conv+fc MACs; published {published['flops_g']:.2f} G)")
-    print(f"  parity: max |prob diff| exported vs network = {result.parity_max_abs_diff:.2e} (limit 1e-4)")
+    print(f"  parity: max |prob diff| exported vs network = {result.parity_max_abs_diff:.2e} "
+          "(checked on log-probabilities, relative to the logits' scale)")
     print(f"  fetch:  {card['output']['name']} as 'prediction'; weights: {card['weights']['source']}")
 
 

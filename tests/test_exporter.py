@@ -14,7 +14,8 @@ from google.protobuf import text_format
 from export import inference_io
 from export.calibration import random_network
 from export.card import CARD_FILE
-from export.exporter import ExportRequest, export
+from export.errors import ParityError
+from export.exporter import ExportRequest, WithSoftmax, export, logprob_excess, self_check
 from export.models import get_spec
 from export.onnx_export import ONNX_FILE, run_onnx
 from serving.model_config import CLIENT_CONF, SERVER_CONF, stream_path
@@ -181,3 +182,37 @@ def test_inference_model_folder(tmp_path: Path, legacy: bool, softmax_in_source:
     assert np.abs(served - (expected if softmax_in_source else softmax(expected))).max() <= 1e-4
     assert result.card["weights"]["source"] == "inference-model"
 
+
+
+def test_self_check_judges_log_probabilities_relative_to_the_logits_scale() -> None:
+    """Near-tied saturated logits may flip the one-hot softmax on float32 rounding: that passes; other logits fail."""
+    logits = np.array([[4.0e6, 4.0e6 + 20.0, -3.0e6], [10.0, 1.0, -2.0]], dtype=np.float32)
+    rounded = logits.copy()
+    rounded[0, 0] += 40.0  # 1e-5 of the logits' scale: float32 sums in another order
+    served = softmax(rounded.astype(np.float64)).astype(np.float32)
+    assert np.abs(served - softmax(logits.astype(np.float64))).max() > 0.99, "the probability bound would fail it"
+    assert logprob_excess(served, logits) <= 0
+    wrong = softmax(np.array([[4.0e6, 3.9e6, -3.0e6], [1.0, 10.0, -2.0]]))
+    assert logprob_excess(wrong, logits) > 0
+    slightly_wrong = softmax(np.array([[4.0e6, 4.0e6 + 20.0, -3.0e6], [10.0, 1.1, -2.0]]))
+    assert logprob_excess(slightly_wrong, logits) > 0, "small logits keep a tight absolute bound"
+
+
+def test_saturated_export_passes_and_a_wrong_program_fails(tmp_path: Path,
+                                                          squeezenet_root: Path) -> None:
+    """A checkpoint whose logits are huge (one-hot softmax) exports; a program of other weights is refused."""
+    spec = get_spec("SqueezeNet1_1")
+    network = random_network(spec, 1000, seed=5)
+    state = network.state_dict()
+    classifier = next(key for key in state if key.endswith("weight") and state[key].shape[0] == 1000)
+    state[classifier] = state[classifier] * 1e4
+    network.set_state_dict(state)
+    weights = save_checkpoint(tmp_path / "saturated.pdparams", network)
+    out = tmp_path / "saturated"
+    export(ExportRequest(model="SqueezeNet1_1", out=out, weights=weights))
+    served = predict(out / "serving_server", photos("SqueezeNet1_1"))
+    assert served.max(axis=-1).min() > 0.999, "the test needs a saturated softmax"
+    other = WithSoftmax(random_network(spec, 1000, seed=7))
+    other.eval()
+    with pytest.raises(ParityError, match="the exported program differs from the network"):
+        self_check(other, squeezenet_root / "serving_server", spec, None)
