@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from serving.errors import ConfigError, InputError, ServingError
-from serving.images import check_image_count
 from serving.logs import FORMATS, setup_logging
 from serving.model_card import load_card
 from serving.pipeline import Op, WebService
@@ -44,9 +43,10 @@ class ImagenetOp(Op):
         if not keys:
             raise InputError(f"request has no image: send key 'image' (or image_0, image_1, ...); got keys "
                              f"{sorted(input_dict)}")
-        check_image_count(len(keys), self.limits.max_images_per_request)
+        self.check_image_count(len(keys))
         images = [_b64decode(key, input_dict[key]) for key in keys]
-        return {"x": self.card.transforms.batch(images, self.limits.max_image_pixels)}, False, None, ""
+        return {"x": self.card.transforms.batch(images, self.limits.max_image_pixels,
+                                                self.limits.max_request_pixels)}, False, None, ""
 
     def postprocess(self, input_dicts: dict, fetch_dict: dict, data_id: int = 0, log_id: int = 0) -> tuple:
         """PaddleClas's response: str() of the per-image top-1 labels and probabilities (plus top-k if set)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from serving.errors import ConfigError
+from serving.images import OPENCV_PIXELS_ENV, opencv_pixel_cap
 from serving.model_config import CLIENT_CONF, SERVER_CONF
 from serving.security import SecurityConfig
 
@@ -140,21 +141,28 @@ class DagConfig:
 
 @dataclass
 class LimitsConfig:
-    """limits (this kit's): bounds that keep one bad request from hurting the others."""
+    """limits (this kit's): bounds that keep one bad request, or one bad client, from hurting the others."""
 
     max_body_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_request_pixels: int = 100_000_000
     max_images_per_request: int = 64
     max_inflight: int = 256
     max_queue: int = 128
+    max_connections: int = 10_000
     request_timeout_ms: int = 30_000
+    client_timeout_ms: int = 30_000
+    keepalive_timeout_ms: int = 60_000
     drain_timeout_ms: int = 10_000
 
     def validate(self, path: str) -> None:
-        """All limits are positive."""
-        for key in ("max_body_bytes", "max_image_pixels", "max_images_per_request", "max_inflight", "max_queue",
-                    "request_timeout_ms", "drain_timeout_ms"):
-            _require(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "must be >= 1")
+        """All limits are positive; OpenCV's process-wide cap must admit max_image_pixels."""
+        for item in dataclasses.fields(self):
+            _require(getattr(self, item.name) >= 1, f"{path}.{item.name}", getattr(self, item.name), "must be >= 1")
+        cap = opencv_pixel_cap()
+        _require(self.max_image_pixels <= cap, f"{path}.max_image_pixels", self.max_image_pixels,
+                 f"OpenCV refuses images above {cap} pixels in this process; start it with "
+                 f"{OPENCV_PIXELS_ENV}={self.max_image_pixels} (or more) in the environment")
 
 
 @dataclass

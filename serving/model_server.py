@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from serving.config import LocalServiceConf
+from serving.config import LimitsConfig, LocalServiceConf
 from serving.errors import ConfigError, ServingError
 from serving.logs import FORMATS, setup_logging
 from serving.model_card import load_card
@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     memory.add_argument("--mem_optim_off", dest="mem_optim", action="store_false", help="no memory optimisation")
     parser.add_argument("--max_body_bytes", type=int, default=64 * 2**20, help="largest accepted message")
     parser.add_argument("--max_image_pixels", type=int, default=40_000_000, help="largest accepted image")
+    parser.add_argument("--max_request_pixels", type=int, default=100_000_000,
+                        help="most decoded pixels of all images of one request together")
     parser.add_argument("--max_images_per_request", type=int, default=64, help="most image files in one request")
     parser.add_argument("--max_inflight", type=int, default=256,
                         help="requests answered at once; beyond it: ELIMIT / RESOURCE_EXHAUSTED / HTTP 503")
@@ -80,6 +82,7 @@ def build_service(args: argparse.Namespace) -> ModelService:
     """Validate flags the way config.yml is validated, then create the predictor pool."""
     from serving.predictor import LocalPredictor, settings_from_conf
 
+    limits = limits_from_args(args)
     folder = Path(args.model).resolve()
     if not (folder / SERVER_CONF).is_file():
         raise ConfigError(f"--model {args.model}: no {SERVER_CONF} there; export one with python -m export")
@@ -92,7 +95,16 @@ def build_service(args: argparse.Namespace) -> ModelService:
     predictor = LocalPredictor(settings_from_conf(conf, model_config, path="--flags"), model_config,
                                pool_size=args.thread)
     card = load_card(folder) if (folder.parent / "model_card.yaml").is_file() else None
-    return ModelService(predictor, model_config, card, args.max_image_pixels, args.max_images_per_request)
+    return ModelService(predictor, model_config, card, limits)
+
+
+def limits_from_args(args: argparse.Namespace) -> LimitsConfig:
+    """The limit flags, checked like config.yml's `limits`."""
+    limits = LimitsConfig(max_body_bytes=args.max_body_bytes, max_image_pixels=args.max_image_pixels,
+                          max_request_pixels=args.max_request_pixels,
+                          max_images_per_request=args.max_images_per_request, max_inflight=args.max_inflight)
+    limits.validate("--flags")
+    return limits
 
 
 class ModelServer:

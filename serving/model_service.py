@@ -5,6 +5,7 @@ import binascii
 import json
 import logging
 import time
+from typing import Any
 
 import grpc
 import numpy as np
@@ -12,6 +13,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from serving import metrics
+from serving.config import LimitsConfig
 from serving.errors import InputError, error_of
 from serving.images import check_image_count
 from serving.logs import request_line
@@ -32,13 +34,13 @@ ENGINE_NAME = "general_infer_0"
 class ModelService:
     """Feeds in (tensors, or image files as base64 STRING), predictor, outputs out; errors in err_no."""
 
-    def __init__(self, predictor: object, model_config: GeneralModelConfig, card: ModelCard | None,
-                 max_image_pixels: int, max_images: int = 64) -> None:
+    def __init__(self, predictor: Any, model_config: GeneralModelConfig, card: ModelCard | None,
+                 limits: LimitsConfig) -> None:
         self.predictor = predictor
         self.model_config = model_config
         self.card = card
-        self.max_image_pixels = max_image_pixels
-        self.max_images = max_images
+        self.limits = limits
+        self.feeds = {key for var in model_config.feed_var for key in (var.name, var.alias_name)}
         self.names = {var.alias_name: var.name for var in model_config.fetch_var}
 
     def infer(self, request: gm.Request, protocol: str) -> gm.Response:
@@ -67,10 +69,15 @@ class ModelService:
         return gm.Response(outputs=[gm.ModelOutput(tensor=tensors, engine_name=ENGINE_NAME)], log_id=request.log_id)
 
     def _feed_key(self, tensor: gm.Tensor) -> str:
-        """Image files may arrive under the client config's alias (e.g. `inputs`): they feed the image input."""
+        """The feed a tensor names (by alias or name); image files under the client config's alias feed the image."""
         if tensor.elem_type == ElemType.STRING and len(self.model_config.feed_var) == 1:
             return self.model_config.feed_var[0].alias_name
-        return tensor.alias_name or tensor.name
+        named = [key for key in (tensor.alias_name, tensor.name) if key]
+        known = next((key for key in named if key in self.feeds), None)
+        if known is None:
+            raise InputError(f"tensor {' / '.join(repr(key) for key in named) or '(unnamed)'} names no feed of this "
+                             f"model; its feeds are {', '.join(var.alias_name for var in self.model_config.feed_var)}")
+        return known
 
     def _feed_value(self, tensor: gm.Tensor) -> np.ndarray:
         """A numeric tensor as an array; STRING elements are image files, preprocessed per the model card."""
@@ -80,7 +87,8 @@ class ModelService:
             raise InputError("this model has no model card, so it cannot preprocess image files; send FP32 tensors")
         if not tensor.data:
             raise InputError(f"feed {tensor.alias_name or tensor.name!r} holds no image")
-        check_image_count(len(tensor.data), self.max_images)
+        check_image_count(len(tensor.data), self.limits.max_images_per_request)
+        check_image_count(len(tensor.data), self.predictor.max_batch_size, "the model's max_batch_size")
         images = []
         for index, text in enumerate(tensor.data):
             try:
@@ -88,7 +96,7 @@ class ModelService:
             except (binascii.Error, ValueError):
                 raise InputError(f"feed {tensor.alias_name or tensor.name!r}[{index}] is not base64 text of an "
                                  "image file") from None
-        return self.card.transforms.batch(images, self.max_image_pixels)
+        return self.card.transforms.batch(images, self.limits.max_image_pixels, self.limits.max_request_pixels)
 
 
 def rpc_service(service: ModelService) -> RpcService:

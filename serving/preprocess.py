@@ -5,9 +5,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from serving.images import ImageDecodeError, decode_bgr
+from serving.errors import PayloadTooLargeError
+from serving.images import ImageDecodeError, check_header, decode_bgr
 
 DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -52,13 +54,29 @@ class Transforms:
             out[channel] -= np.float32(self.mean[channel] / self.std[channel])
         return out
 
-    def batch(self, images: list[bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-        """Several encoded images -> one float32 [N, 3, S, S] batch, each preprocessed straight into its row."""
+    def batch(self, images: list[bytes], max_pixels: int = DEFAULT_MAX_PIXELS,
+              max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS) -> np.ndarray:
+        """Several encoded images -> one float32 [N, 3, S, S] batch, each preprocessed straight into its row.
+
+        Every header is checked (per image and the request's sum) before the first image is decoded.
+        """
+        known = [check_header(data, max_pixels) if data else None for data in images]
+        _check_request_pixels(sum(pixels or 0 for pixels in known), max_request_pixels)
         batch = np.empty((len(images), 3, self.crop_size, self.crop_size), dtype=np.float32)
+        decoded = 0
         for row, data in enumerate(images):
-            self(data, max_pixels, out=batch[row])
+            bgr = decode_bgr(data, max_pixels, checked=known[row] is not None)
+            decoded += bgr.shape[0] * bgr.shape[1]
+            _check_request_pixels(decoded, max_request_pixels)  # formats only OpenCV reads count as they decode
+            self.normalize(self.resize_crop(bgr), batch[row])
         return batch
 
     def __call__(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, out: np.ndarray | None = None) -> np.ndarray:
         """Encoded image bytes -> the model's float32 [3, S, S] input, into `out` (e.g. a row of the batch)."""
         return self.normalize(self.resize_crop(decode_bgr(data, max_pixels)), out)
+
+
+def _check_request_pixels(pixels: int, limit: int) -> None:
+    if pixels > limit:
+        raise PayloadTooLargeError(f"the request's images hold {pixels} pixels together, above the limit of {limit} "
+                                   "(limits.max_request_pixels); send fewer or smaller images per request")

@@ -11,6 +11,8 @@ warnings.filterwarnings("ignore", message="No ccache found")
 
 import pytest  # noqa: E402
 
+import serving  # noqa: E402, F401  (sets OpenCV's pixel cap before any test module imports cv2)
+
 DATA = Path(__file__).parent / "data"
 IMAGES = Path(__file__).parent.parent / "export" / "data" / "images"
 MODEL_NAMES = ["AlexNet", "SqueezeNet1_0", "SqueezeNet1_1", "DarkNet53", "SENet154_vd"]

@@ -13,6 +13,7 @@ from serving import metrics
 from serving.batching import Batcher
 from serving.config import LimitsConfig, OpConfig
 from serving.errors import DeadlineExceededError, InitError, ProductError, ServingError, TypeCheckError
+from serving.images import check_image_count
 from serving.model_card import CARD_FILE
 
 log = logging.getLogger("serving.pipeline")
@@ -80,6 +81,13 @@ class Op:
             self.model_config = str(Path(config.client_config).parent)
         elif config.local_service_conf is not None:
             self.model_config = config.local_service_conf.model_config
+
+    def check_image_count(self, count: int) -> None:
+        """Refuse, before decoding, more images than limits.max_images_per_request or one predictor call takes."""
+        check_image_count(count, self.limits.max_images_per_request)
+        conf = self.config.local_service_conf
+        if conf is not None and not self.remote:
+            check_image_count(count, conf.max_batch_size, f"op.{self.name}.local_service_conf.max_batch_size")
 
     @property
     def remote(self) -> bool:

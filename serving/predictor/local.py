@@ -47,6 +47,11 @@ class LocalPredictor:
             self._idle.put(predictor)
 
     @property
+    def max_batch_size(self) -> int:
+        """The most rows one predict() call takes."""
+        return self._settings.max_batch_size
+
+    @property
     def feed_names(self) -> list[str]:
         """Feed aliases in model-config order (what clients send)."""
         return [var.alias_name for var in self._feeds]
