@@ -1,6 +1,7 @@
 """Files: crash-safe writes (readers see the old file or the new one, never half) and paths kept inside a folder."""
 
 import os
+import resource
 import tempfile
 from pathlib import Path
 
@@ -38,3 +39,11 @@ def inside(folder: Path, name: str | Path) -> Path | None:
     root = Path(folder).resolve()
     path = (root / name).resolve()
     return path if path.is_relative_to(root) else None
+
+
+def raise_open_file_limit() -> int:
+    """Lift this process's soft limit on open files to the hard limit (each client connection is a file); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard

@@ -24,6 +24,7 @@ import grpc
 
 from serving.config import LimitsConfig, LocalServiceConf
 from serving.errors import ConfigError, ServingError
+from serving.files import raise_open_file_limit
 from serving.logs import FORMATS, setup_logging
 from serving.model_card import load_card
 from serving.model_config import SERVER_CONF, read_config
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="No ccache found")
     args = parse_args(argv)
     setup_logging(args.log_format)
+    raise_open_file_limit()
     try:
         server = ModelServer(build_service(args), args).start()
     except (ServingError, OSError) as exc:

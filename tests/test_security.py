@@ -14,6 +14,7 @@ import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
 
 import grpc
@@ -89,16 +90,16 @@ def image_body() -> bytes:
     return json.dumps({"key": ["image"], "value": [base64.b64encode(photo_bytes()[0]).decode()]}).encode()
 
 
-def https(port: int, path: str, body: bytes | None = None, **headers: str) -> tuple[int, dict, dict]:
-    """(status, headers, JSON body) of one HTTPS request trusting the test certificate."""
+def https(port: int, path: str, body: bytes | None = None, **headers: str) -> tuple[int, Message, dict]:
+    """(status, headers (case-insensitive, as HTTP's), JSON body) of one HTTPS request trusting the test certificate."""
     request = urllib.request.Request(f"https://127.0.0.1:{port}{path}", data=body, headers=headers,
                                      method="POST" if body is not None else "GET")
     context = ssl.create_default_context(cafile=str(CERT))
     try:
         with urllib.request.urlopen(request, timeout=30, context=context) as answer:
-            return answer.status, dict(answer.headers), json.loads(answer.read())
+            return answer.status, answer.headers, json.loads(answer.read())
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read())
+        return error.code, error.headers, json.loads(error.read())
 
 
 def assert_prediction(keys: list[str], values: list[str], expected: np.ndarray) -> None:

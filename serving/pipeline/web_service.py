@@ -14,7 +14,7 @@ import yaml
 from serving.config import ServiceConfig, apply_overrides, load_config, parse_config
 from serving.dataplane import DataPlane
 from serving.errors import ConfigError
-from serving.files import atomic_write_text
+from serving.files import atomic_write_text, raise_open_file_limit
 from serving.model_config import SERVER_CONF, read_config
 from serving.pipeline.dag import Dag
 from serving.pipeline.op import Op, RequestOp
@@ -148,8 +148,8 @@ class WebService:
         """HTTP and gRPC on the configured ports; worker processes share them (SO_REUSEPORT)."""
         limits = self.config.limits
         if self.config.http_port is not None:
-            server, self.http_port = start_http_server(dataplane, self.config.http_port, limits.max_body_bytes,
-                                                       reuse_port, self.config.security)
+            server, self.http_port = start_http_server(dataplane, self.config.http_port, limits, reuse_port,
+                                                       self.config.security)
             self._servers.append(server)
         if self.config.rpc_port is not None:
             server, self.rpc_port = start_grpc_server(dataplane, self.config.rpc_port, self.config.worker_num,
@@ -184,6 +184,7 @@ class WebService:
 
     def run_service(self, pid_file: Path | None = None) -> None:
         """Start, then serve until SIGINT or SIGTERM (or `stop` via the pid file); then drain and stop."""
+        raise_open_file_limit()
         self.start()
         if pid_file is not None:
             atomic_write_text(pid_file, f"{os.getpid()}\n")

@@ -67,7 +67,7 @@ class BrpcServer:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="brpc")
         self.server: asyncio.Server | None = None
         self.stopping = False
-        self.connections: set[asyncio.Task] = set()
+        self.connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
         self.inflight = 0  # touched only on the event loop's thread
         self.ssl_context = server_ssl_context(security or SecurityConfig())
         self.auth = token_check(security or SecurityConfig())
@@ -84,26 +84,28 @@ class BrpcServer:
         self.stopping = True
         if self.server is not None:
             self.server.close()
-        for task in list(self.connections):
-            task.cancel()
-        await asyncio.gather(*self.connections, return_exceptions=True)
+        while self.connections:  # connections the listener accepted just before it closed start after the first pass
+            for task, writer in list(self.connections.items()):
+                writer.transport.abort()  # reads end at once; a cancel alone can be lost inside wait_for (3.11)
+                task.cancel()
+            await asyncio.wait(list(self.connections), timeout=1.0)
         self.pool.shutdown(wait=True)
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        self.connections.add(task)
+        self.connections[task] = writer
         try:
             first = await asyncio.wait_for(reader.readexactly(4), self.limits.idle_timeout_s)
             if first == baidu_std.MAGIC:
                 await self._serve_baidu_std(reader, writer, first)
             else:
                 await self._serve_http(reader, writer, first)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
-            pass
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, asyncio.CancelledError):
+            pass  # a peer that left or stalled, or the server stopping: nothing to answer, nothing to log
         except FrameError as exc:
             log.info("closing %s: %s", writer.get_extra_info("peername"), exc)
         finally:
-            self.connections.discard(task)
+            self.connections.pop(task, None)
             writer.close()
 
     async def _serve_baidu_std(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
