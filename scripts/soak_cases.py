@@ -30,6 +30,10 @@ TIMEOUT_S = 30.0
 UNPICKLED = "SOAK: the server unpickled client data"  # printed into a server log only if it ever unpickles
 
 
+# A complete lossless WebP of 9000 x 9000 = 81 MP in 34 bytes (Pillow, lossless=True, method=0, mode L).
+WEBP_BOMB = b"RIFF\x1a\x00\x00\x00WEBPVP8L\x0e\x00\x00\x00/'\xe3\xc9\x08\x07\x10\x11\xfd\x0fDD\xff\x03"
+
+
 def png_bomb(width: int = 20000, height: int = 20000) -> bytes:
     """A few hundred bytes whose header claims width × height pixels (the decompression-bomb input)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -106,6 +110,7 @@ class PipelineHttp:
             return run
 
         bomb = base64.b64encode(png_bomb()).decode()
+        webp = base64.b64encode(WEBP_BOMB).decode()
         truncated = base64.b64encode(base64.b64decode(self.image)[:3000]).decode()
         return [
             Case("http: body not JSON", err(5000, lambda: self.post(b"{not json"), 400)),
@@ -116,6 +121,7 @@ class PipelineHttp:
             Case("http: truncated JPEG", err(5000, lambda: self.pairs(["image"], [truncated]))),
             Case("http: empty value", err(5000, lambda: self.pairs(["image"], [""]))),
             Case("http: 20000x20000 PNG bomb", err(5000, lambda: self.pairs(["image"], [bomb]))),
+            Case("http: 34-byte 81 MP WebP bomb", err(5000, lambda: self.pairs(["image"], [webp]))),
             Case("http: 65 images (limit 64)", err(5000, lambda: self.pairs([f"image_{i}" for i in range(65)],
                                                                               ["AAAA"] * 65))),
             Case("http: unknown service", err(3002, lambda: self.post(b'{"key": [], "value": []}',
@@ -254,6 +260,9 @@ class ModelServerBrpc:
             Case("brpc: payload does not parse", code(1003, self.frame(b"\xff\xff\xff"))),
             Case("brpc: feed of the wrong shape", err_no(wrong_shape)),
             Case("brpc: unknown fetch name", err_no(self.images(fetch="embedding"))),
+            Case("brpc: tensor naming no feed", err_no(gm.Request(tensor=[to_tensor(
+                "nosuch_feed", "nosuch_feed", np.zeros((1, 3, 224, 224), np.float32))]))),
+            Case("brpc: 34-byte 81 MP WebP bomb", err_no(gm.Request(tensor=[to_tensor("x", "image", [WEBP_BOMB])]))),
         ]
 
 
