@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from serving.errors import InitError
 from serving.logs import setup_logging
+from serving.protocols.sockets import bound_socket
 
 if TYPE_CHECKING:
     from serving.pipeline.web_service import WebService
@@ -34,13 +35,7 @@ MAX_BACKOFF_S = 30.0
 
 def reserve_port(port: int) -> tuple[socket.socket, int]:
     """Bind (without listening) with SO_REUSEPORT: holds the port for the workers; 0 picks a free one."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind(("0.0.0.0", port))
-    except OSError:
-        sock.close()
-        raise
+    sock = bound_socket(port, reuse_port=True)
     return sock, sock.getsockname()[1]
 
 

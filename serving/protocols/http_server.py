@@ -28,6 +28,7 @@ from serving.config import LimitsConfig
 from serving.dataplane import DataPlane, PipelineResponse
 from serving.errors import AuthError, InputError, PayloadTooLargeError, ServiceNotFoundError
 from serving.protocols.pipeline_codec import request_from_json, response_to_json
+from serving.protocols.sockets import bound_socket
 from serving.security import HTTP_HINT, SecurityConfig, token_check
 
 log = logging.getLogger("serving.http")
@@ -289,15 +290,7 @@ def start_http_server(dataplane: DataPlane, port: int, limits: LimitsConfig, reu
                       security: SecurityConfig | None = None) -> tuple[HttpFrontEnd, int]:
     """Serve in a background thread on `port` (0 = any free port); returns the front end and the bound port."""
     security = security or SecurityConfig()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:  # worker processes share the port (build_dag_each_worker)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind(("0.0.0.0", port))
-    except OSError:
-        sock.close()
-        raise
+    sock = bound_socket(port, reuse_port)
     app = PipelineApp(dataplane, limits.max_body_bytes, limits.max_inflight, security)
     front_end = HttpFrontEnd(app, sock, limits, security).start()
     return front_end, sock.getsockname()[1]
