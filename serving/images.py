@@ -25,6 +25,10 @@ _TEXT_HEADERS = {  # format -> (signature, pattern giving width and height)
 }
 
 
+# Only headers are read here and our own limits decide; catch_warnings per call would race between request threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 class ImageDecodeError(InputError):
     """The bytes are not a complete image OpenCV can decode, or not one this service accepts."""
 
@@ -47,10 +51,8 @@ def _text_header(data: bytes) -> tuple[str, int, int] | None:
 def header_info(data: bytes) -> tuple[str, int, int] | None:
     """(format, width, height) from the header alone, without decoding; None when no reader knows the format."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                return image.format or "image", image.width, image.height
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format or "image", image.width, image.height
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image refused from its header: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
