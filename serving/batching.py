@@ -3,8 +3,11 @@
 A queue loop takes the first waiting request, fills the batch until `max_requests` requests or
 `max_rows` rows or the timeout, drops requests whose deadline passed, runs one predictor call on
 the rows concatenated along axis 0, and splits the outputs back by each request's row count.
+The merged call carries the earliest member's deadline and the first member's log id; each member's
+own context stays with its caller.
 """
 
+import dataclasses
 import queue
 import threading
 import time
@@ -14,15 +17,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serving.context import RequestContext
 from serving.errors import ClosedError, DeadlineExceededError, OverloadedError
 
-Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+Predict = Callable[[dict[str, np.ndarray], RequestContext], dict[str, np.ndarray]]
 
 
 @dataclass
 class _Item:
     feed: dict[str, np.ndarray]
-    deadline: float
+    ctx: RequestContext
     future: Future = field(default_factory=Future)
 
     @property
@@ -42,17 +46,16 @@ class Batcher:
         self._predict = predict
         self.max_requests, self.max_rows, self.timeout_s = max_requests, max_rows, timeout_s
         self._queue: queue.Queue[_Item | None] = queue.Queue(max_queue)
-        self._carry = threading.local()
         self._closing = threading.Event()
         self._threads = [threading.Thread(target=self._loop, name=f"batcher-{i}", daemon=True) for i in range(workers)]
         for thread in self._threads:
             thread.start()
 
-    def predict(self, feed: dict[str, np.ndarray], deadline: float) -> dict[str, np.ndarray]:
+    def predict(self, feed: dict[str, np.ndarray], ctx: RequestContext) -> dict[str, np.ndarray]:
         """Queue one request's feed and wait for its share of a merged batch."""
         if self._closing.is_set():
             raise ClosedError("service is stopping")
-        item = _Item(feed, deadline)
+        item = _Item(feed, ctx)
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -69,44 +72,42 @@ class Batcher:
             thread.join()
 
     def _loop(self) -> None:
-        self._carry.item = None
-        while (batch := self._collect()) is not None:
+        carried: _Item | None = None  # a request that did not fit the last batch starts the next one
+        while True:
+            batch, carried = self._collect(carried)
+            if batch is None:
+                return
             if self._closing.is_set():
                 for item in batch:
                     item.future.set_exception(ClosedError("service is stopping"))
             else:
                 self._run(batch)
 
-    def _next(self, timeout: float | None) -> _Item | None:
-        carried, self._carry.item = self._carry.item, None
-        return carried if carried is not None else self._queue.get(timeout=timeout)
-
-    def _collect(self) -> list[_Item] | None:
-        """The first live request, then whatever fits and arrives before the timeout."""
-        first = self._next(None)
+    def _collect(self, carried: _Item | None) -> tuple[list[_Item] | None, _Item | None]:
+        """The first live request, then whatever fits and arrives before the timeout; and what did not fit."""
+        first = carried if carried is not None else self._queue.get()
         if first is None:
-            return None
+            return None, None
         batch, rows, end = [first], first.rows, time.monotonic() + self.timeout_s
         while len(batch) < self.max_requests:
             try:
-                item = self._next(max(end - time.monotonic(), 0.0))
+                item = self._queue.get(timeout=max(end - time.monotonic(), 0.0))
             except queue.Empty:
                 break
             if item is None:
                 self._queue.put(None)
                 break
             if rows + item.rows > self.max_rows or item.signature() != first.signature():
-                self._carry.item = item
-                break
+                return batch, item
             batch.append(item)
             rows += item.rows
-        return batch
+        return batch, None
 
     def _run(self, batch: list[_Item]) -> None:
         now = time.monotonic()
         live = []
         for item in batch:
-            if item.deadline <= now:
+            if item.ctx.deadline <= now:
                 item.future.set_exception(DeadlineExceededError("request deadline passed while waiting for a batch"))
             else:
                 live.append(item)
@@ -114,7 +115,8 @@ class Batcher:
             return
         try:
             merged = {key: np.concatenate([item.feed[key] for item in live]) for key in live[0].feed}
-            outputs = self._predict(merged)
+            deadline = min(item.ctx.deadline for item in live)
+            outputs = self._predict(merged, dataclasses.replace(live[0].ctx, deadline=deadline))
         except Exception as exc:
             for item in live:
                 item.future.set_exception(exc)

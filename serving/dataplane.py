@@ -1,20 +1,129 @@
-"""The protocol-neutral data plane: every front end turns its wire format into a PipelineRequest."""
+"""The protocol-neutral data plane both servers run on: admission, deadline, metrics and one log line per request.
+
+Front ends turn their wire format into a request and a RequestContext, call `DataPlane.infer`, and turn the
+Answer back into their wire format; what is being served (the pipeline's DAG or one model) is an Endpoint.
+"""
 
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from serving import metrics
-from serving.errors import ClosedError, InitError, OverloadedError, ServiceNotFoundError, error_of, http_status_of
+from serving.context import RequestContext
+from serving.errors import ClosedError, InitError, OverloadedError, ServiceNotFoundError, error_of
 from serving.logs import request_line
 
 log = logging.getLogger("serving.dataplane")
 
 PREDICTION_METHOD = "prediction"
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class Endpoint(Protocol[Req, Resp]):
+    """What the data plane serves: a request type in, a response type out, errors as that response."""
+
+    @property
+    def ready(self) -> bool:
+        """True once it can answer (models loaded and warm)."""
+
+    def metadata(self) -> dict:
+        """What GET /metadata shows."""
+
+    def check(self, request: Req) -> None:
+        """Cheap checks before admission (e.g. the route); raises a ServingError."""
+
+    def run(self, request: Req, ctx: RequestContext) -> Resp:
+        """The answer; raises a ServingError (or anything else: err_no 10000) on failure."""
+
+    def failure(self, exc: BaseException, request: Req, ctx: RequestContext) -> Resp:
+        """`exc` as this endpoint's response (err_no and err_msg from the error table)."""
+
+
+@dataclass(frozen=True)
+class Answer(Generic[Resp]):
+    """The response, and the error it carries (None on success) so front ends can pick their wire status."""
+
+    response: Resp
+    error: BaseException | None = None
+
+
+class DataPlane(Generic[Req, Resp]):
+    """Runs requests on an endpoint within limits; never raises.
+
+    Front ends start before the models load (so /health answers); until the endpoint is ready, requests
+    get err_no 3003 and /ready is 503.
+    """
+
+    def __init__(self, endpoint: Endpoint[Req, Resp], max_inflight: int = 1 << 30, budget_ms: float = 0.0,
+                 inflight_setting: str = "limits.max_inflight") -> None:
+        self.endpoint = endpoint
+        self.max_inflight = max_inflight
+        self.inflight_setting = inflight_setting  # what an operator raises, named in the overload error
+        self.budget_ms = budget_ms  # the server's own bound on a request's time (0: only the caller's)
+        self._inflight = 0
+        self._closing = False
+        self._idle = threading.Condition()
+
+    @property
+    def ready(self) -> bool:
+        """True once the endpoint can answer and the server is not stopping."""
+        return self.endpoint.ready and not self._closing
+
+    @property
+    def metadata(self) -> dict:
+        """The endpoint's metadata (GET /metadata)."""
+        return self.endpoint.metadata()
+
+    def close(self) -> None:
+        """Stop taking requests: new ones get err_no 3001; those running finish."""
+        with self._idle:
+            self._closing = True
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until no request is running (True) or the timeout passes (False)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout_s)
+
+    def infer(self, request: Req, ctx: RequestContext) -> Answer[Resp]:
+        """Run one request; counts it in the metrics by protocol and err_no and logs one line."""
+        started = time.perf_counter()
+        caller_ms = ctx.remaining_ms()
+        if self.budget_ms > 0:
+            ctx = ctx.within(self.budget_ms)
+        metrics.INFLIGHT.inc(protocol=ctx.protocol)
+        with self._idle:
+            self._inflight += 1
+            inflight = self._inflight
+        try:
+            if inflight > self.max_inflight:
+                raise OverloadedError(f"{inflight - 1} requests in flight reach {self.inflight_setting} "
+                                      f"({self.max_inflight}); retry later or on another instance")
+            self.endpoint.check(request)
+            if self._closing:
+                raise ClosedError("the service is stopping; retry on another instance")
+            if not self.endpoint.ready:
+                raise InitError("the service is still loading its models; retry when GET /ready answers 200")
+            answer = Answer(self.endpoint.run(request, ctx))
+        except Exception as exc:  # every failure becomes err_no/err_msg; the server keeps serving
+            answer = Answer(self.endpoint.failure(exc, request, ctx), exc)
+            if error_of(exc)[0] >= 10000:
+                log.exception("logid %s: unexpected error", ctx.log_id)
+        finally:
+            metrics.INFLIGHT.inc(-1, protocol=ctx.protocol)
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+        elapsed = time.perf_counter() - started
+        err_no = answer.response.err_no
+        metrics.REQUESTS.inc(protocol=ctx.protocol, err_no=err_no)
+        metrics.LATENCY.observe(elapsed, protocol=ctx.protocol)
+        request_line(log, ctx.log_id, ctx.protocol, err_no, elapsed, caller_ms)
+        return answer
 
 
 @dataclass
@@ -28,7 +137,6 @@ class PipelineRequest:
     method: str = ""
     logid: int = 0
     clientip: str = ""
-    timeout_ms: float = 0.0  # the caller's own deadline (gRPC deadline, X-Request-Timeout-Ms); 0: none
 
 
 @dataclass
@@ -39,7 +147,6 @@ class PipelineResponse:
     err_msg: str = ""
     keys: list[str] = field(default_factory=list)
     values: list[str] = field(default_factory=list)
-    http_status: int = 200
 
     @classmethod
     def from_result(cls, result: dict[str, str]) -> "PipelineResponse":
@@ -50,81 +157,43 @@ class PipelineResponse:
     def from_error(cls, exc: BaseException) -> "PipelineResponse":
         """Failure: err_no and err_msg from the one error table."""
         err_no, err_msg = error_of(exc)
-        return cls(err_no=err_no, err_msg=err_msg, http_status=http_status_of(exc))
+        return cls(err_no=err_no, err_msg=err_msg)
 
 
-class DataPlane:
-    """Routes a request to the service's DAG and turns every outcome into a PipelineResponse.
+class PipelineEndpoint:
+    """The pipeline service: `/{service_name}/prediction` onto the DAG once `attach` hands it over."""
 
-    Front ends start before the models load (so /health answers); until `attach`, requests get
-    err_no 3003 and /ready is 503.
-    """
-
-    def __init__(self, service_name: str, max_inflight: int = 1 << 30) -> None:
+    def __init__(self, service_name: str) -> None:
         self.service_name = service_name
-        self.max_inflight = max_inflight
-        self._run: Callable[[PipelineRequest], dict[str, str]] | None = None
-        self.metadata: dict = {}
-        self._inflight = 0
-        self._closing = False
-        self._idle = threading.Condition()
-
-    def close(self) -> None:
-        """Stop taking requests: new ones get err_no 3001; those running finish."""
-        with self._idle:
-            self._closing = True
-
-    def drain(self, timeout_s: float) -> bool:
-        """Wait until no request is running (True) or the timeout passes (False)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._inflight == 0, timeout_s)
+        self._run: Any = None
+        self._metadata: dict = {}
 
     @property
     def ready(self) -> bool:
-        """True once the models are loaded and warmed up."""
+        """True once the DAG is built and warmed up."""
         return self._run is not None
 
-    def attach(self, run: Callable[[PipelineRequest], dict[str, str]], metadata: dict) -> None:
-        """Start answering: the DAG is built and warmed up."""
-        self.metadata = metadata
+    def metadata(self) -> dict:
+        """The service's ops, feeds, fetches and model card facts."""
+        return self._metadata
+
+    def attach(self, run: Any, metadata: dict) -> None:
+        """Start answering with `run(request, ctx) -> result dict`: the DAG is built and warmed up."""
+        self._metadata = metadata
         self._run = run
 
-    def check_route(self, name: str, method: str) -> None:
+    def check(self, request: PipelineRequest) -> None:
         """Only `/{service_name}/prediction` exists (gRPC clients may leave both empty); say which path does."""
-        if name not in ("", self.service_name) or method not in ("", PREDICTION_METHOD):
+        if request.name not in ("", self.service_name) or request.method not in ("", PREDICTION_METHOD):
             raise ServiceNotFoundError(
-                f"no service {name!r} with method {method!r}; this server answers POST "
+                f"no service {request.name!r} with method {request.method!r}; this server answers POST "
                 f"/{self.service_name}/{PREDICTION_METHOD} (gRPC: name={self.service_name!r})"
             )
 
-    def infer(self, request: PipelineRequest, protocol: str) -> PipelineResponse:
-        """Run one request; never raises. Counts it in the metrics by protocol and err_no."""
-        started = time.perf_counter()
-        metrics.INFLIGHT.inc(protocol=protocol)
-        with self._idle:
-            self._inflight += 1
-            inflight = self._inflight
-        try:
-            if inflight > self.max_inflight:
-                raise OverloadedError(f"{inflight - 1} requests in flight reach limits.max_inflight "
-                                      f"({self.max_inflight}); retry later or on another instance")
-            self.check_route(request.name, request.method)
-            if self._closing:
-                raise ClosedError("the service is stopping; retry on another instance")
-            if self._run is None:
-                raise InitError("the service is still loading its models; retry when GET /ready answers 200")
-            response = PipelineResponse.from_result(self._run(request))
-        except Exception as exc:  # every failure becomes err_no/err_msg; the server keeps serving
-            response = PipelineResponse.from_error(exc)
-            if response.err_no >= 10000:
-                log.exception("logid %s: unexpected error", request.logid)
-        finally:
-            metrics.INFLIGHT.inc(-1, protocol=protocol)
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
-        elapsed = time.perf_counter() - started
-        metrics.REQUESTS.inc(protocol=protocol, err_no=response.err_no)
-        metrics.LATENCY.observe(elapsed, protocol=protocol)
-        request_line(log, request.logid, protocol, response.err_no, elapsed)
-        return response
+    def run(self, request: PipelineRequest, ctx: RequestContext) -> PipelineResponse:
+        """The last op's result dict as the Response."""
+        return PipelineResponse.from_result(self._run(request, ctx))
+
+    def failure(self, exc: BaseException, request: PipelineRequest, ctx: RequestContext) -> PipelineResponse:
+        """err_no and err_msg from the error table."""
+        return PipelineResponse.from_error(exc)

@@ -1,6 +1,9 @@
 """Every serving error is a typed exception with a Paddle Serving err_no; wire mappings live here only."""
 
+from dataclasses import dataclass
 from enum import IntEnum
+
+import grpc
 
 
 class ErrorCode(IntEnum):
@@ -19,6 +22,21 @@ class ErrorCode(IntEnum):
     RPC = 8000
     INFERENCE = 9000
     UNKNOWN = 10000
+
+
+class BrpcCode(IntEnum):
+    """brpc's RpcResponseMeta.error_code values this kit uses."""
+
+    OK = 0
+    ENOSERVICE = 1001
+    ENOMETHOD = 1002
+    EREQUEST = 1003
+    ERPCAUTH = 1004
+    ERPCTIMEDOUT = 1008
+    EOVERCROWDED = 1011
+    EINTERNAL = 2001
+    ELOGOFF = 2003
+    ELIMIT = 2004
 
 
 class ServingError(Exception):
@@ -105,14 +123,43 @@ class ProductError(ServingError):
     """An error an op's own code reported through its prod_errcode (50-99 by convention)."""
 
 
-# HTTP status of the errors a proxy or load balancer must see; every other error, limits included, is HTTP 200
-# with err_no, as Paddle Serving's HTTP clients expect.
-HTTP_STATUS: dict[type[ServingError], int] = {AuthError: 401, OverloadedError: 503}
+class PayloadError(InputError):
+    """A baidu_std message cannot be used (compression, size, not the service's Request): the connection stays."""
 
 
-def http_status_of(exc: BaseException) -> int:
+@dataclass(frozen=True)
+class WireStatus:
+    """How an error travels where a wire has its own status; None: a normal answer that carries the err_no.
+
+    Paddle Serving's clients read err_no from a normal answer, so only what a proxy, load balancer or
+    transport must see (authentication, overload, shutdown, unusable frames) gets a status of its own.
+    """
+
+    http_status: int = 200
+    grpc_code: grpc.StatusCode | None = None
+    brpc_code: BrpcCode | None = None
+
+
+# The one table from exception to wire; the first matching class wins, so subclasses come first.
+WIRE_STATUS: dict[type[BaseException], WireStatus] = {
+    AuthError: WireStatus(401, grpc.StatusCode.UNAUTHENTICATED, BrpcCode.ERPCAUTH),
+    OverloadedError: WireStatus(503, grpc.StatusCode.RESOURCE_EXHAUSTED, BrpcCode.ELIMIT),
+    ClosedError: WireStatus(200, None, BrpcCode.ELOGOFF),
+    PayloadError: WireStatus(400, grpc.StatusCode.INVALID_ARGUMENT, BrpcCode.EREQUEST),
+}
+IN_BODY = WireStatus()
+
+
+def wire_status_of(exc: BaseException | None) -> WireStatus:
+    """The wire statuses that carry `exc` (a normal answer with its err_no when the table has no entry)."""
+    if exc is None:
+        return IN_BODY
+    return next((status for kind, status in WIRE_STATUS.items() if isinstance(exc, kind)), IN_BODY)
+
+
+def http_status_of(exc: BaseException | None) -> int:
     """The HTTP status that carries `exc`'s err_no body."""
-    return next((status for kind, status in HTTP_STATUS.items() if isinstance(exc, kind)), 200)
+    return wire_status_of(exc).http_status
 
 
 def error_of(exc: BaseException) -> tuple[int, str]:

@@ -1,7 +1,7 @@
 """Log setup shared by every server: text lines for people, or JSON lines for log shippers.
 
 The format comes from `--log_format` or the SERVING_LOG_FORMAT environment variable (which worker
-processes inherit). Per-request lines carry log_id, protocol, err_no and latency_ms as fields.
+processes inherit). Per-request lines carry log_id, protocol, err_no, latency_ms and the caller's timeout_ms as fields.
 """
 
 import json
@@ -11,7 +11,7 @@ import time
 
 FORMAT_ENV = "SERVING_LOG_FORMAT"
 FORMATS = ("text", "json")
-REQUEST_FIELDS = ("log_id", "protocol", "err_no", "latency_ms")
+REQUEST_FIELDS = ("log_id", "protocol", "err_no", "latency_ms", "timeout_ms")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -41,8 +41,11 @@ def setup_logging(log_format: str | None = None, prefix: str = "") -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
-def request_line(logger: logging.Logger, log_id: int, protocol: str, err_no: int, seconds: float) -> None:
-    """The one INFO line per request, with its fields attached for JSON output."""
+def request_line(logger: logging.Logger, log_id: int, protocol: str, err_no: int, seconds: float,
+                 timeout_ms: float | None = None) -> None:
+    """The one INFO line per request, with its fields attached for JSON output; timeout_ms: what the caller left."""
     latency_ms = round(seconds * 1e3, 2)
-    logger.info("logid %s %s err_no %s %.1f ms", log_id, protocol, err_no, latency_ms,
-                extra={"log_id": log_id, "protocol": protocol, "err_no": err_no, "latency_ms": latency_ms})
+    budget = "" if timeout_ms is None else f" (caller's timeout {timeout_ms:.0f} ms)"
+    logger.info("logid %s %s err_no %s %.1f ms%s", log_id, protocol, err_no, latency_ms, budget,
+                extra={"log_id": log_id, "protocol": protocol, "err_no": err_no, "latency_ms": latency_ms,
+                       "timeout_ms": timeout_ms})

@@ -23,14 +23,16 @@ from pathlib import Path
 import grpc
 
 from serving.config import LimitsConfig, LocalServiceConf
+from serving.dataplane import DataPlane
 from serving.errors import ConfigError, ServingError
 from serving.files import raise_open_file_limit
 from serving.logs import FORMATS, setup_logging
 from serving.model_card import load_card
 from serving.model_config import SERVER_CONF, read_config
-from serving.model_service import SERVICE_NAME, ModelService, ModelServicer, http_routes, rpc_service
+from serving.model_service import SERVICE_NAME, ModelService
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.protocols.brpc_server import BrpcServer, ServerLimits
+from serving.protocols.general_model import ModelServicer, http_routes, rpc_service
 from serving.protocols.health import add_health
 from serving.security import SecurityConfig, add_grpc_port, grpc_interceptors
 
@@ -114,12 +116,12 @@ class ModelServer:
     def __init__(self, service: ModelService, args: argparse.Namespace) -> None:
         self.args = args
         self.security = security_from_args(args)
-        limits = ServerLimits(max_body_bytes=args.max_body_bytes, idle_timeout_s=args.idle_timeout_s,
-                              max_inflight=args.max_inflight)
-        self.brpc = BrpcServer([rpc_service(service)], http_routes(service), args.thread, limits,
-                               security=self.security)
+        limits = ServerLimits(max_body_bytes=args.max_body_bytes, idle_timeout_s=args.idle_timeout_s)
+        self.dataplane = DataPlane(service, args.max_inflight, inflight_setting="--max_inflight")
+        self.brpc = BrpcServer([rpc_service(self.dataplane)], http_routes(self.dataplane), args.max_inflight + 1,
+                               limits, security=self.security)  # one thread more than admitted, to refuse at once
         self.grpc: grpc.Server | None = None
-        self.servicer = ModelServicer(service)
+        self.servicer = ModelServicer(self.dataplane)
         self.loop = asyncio.new_event_loop()
         self.port = self.grpc_port = 0
 
@@ -141,6 +143,7 @@ class ModelServer:
 
     def stop(self) -> None:
         """Stop listening, finish what is running."""
+        self.dataplane.close()
         asyncio.run_coroutine_threadsafe(self.brpc.stop(), self.loop).result()
         if self.grpc is not None:
             self.grpc.stop(grace=5).wait()

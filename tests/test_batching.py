@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from serving.batching import Batcher
+from serving.context import RequestContext
 from serving.errors import ClosedError, DeadlineExceededError
 
 
@@ -16,12 +17,14 @@ class Model:
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.batches: list[int] = []
+        self.contexts: list[RequestContext] = []
         self.delay_s = delay_s
         self.lock = threading.Lock()
 
-    def __call__(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, feed: dict[str, np.ndarray], ctx: RequestContext) -> dict[str, np.ndarray]:
         with self.lock:
             self.batches.append(len(feed["x"]))
+            self.contexts.append(ctx)
         time.sleep(self.delay_s)
         return {"y": feed["x"] * 2, "sum": feed["x"].sum(axis=1)}
 
@@ -30,8 +33,8 @@ def rows(value: float, count: int = 1) -> dict[str, np.ndarray]:
     return {"x": np.full((count, 3), value, np.float32)}
 
 
-def far() -> float:
-    return time.monotonic() + 60
+def far(log_id: int = 0) -> RequestContext:
+    return RequestContext(time.monotonic() + 60, log_id, "test")
 
 
 def test_concurrent_requests_merge_and_split_back() -> None:
@@ -70,13 +73,28 @@ def test_expired_requests_are_dropped_not_computed() -> None:
     model = Model()
     batcher = Batcher(model, max_requests=4, max_rows=16, timeout_s=0.01)
     with pytest.raises(DeadlineExceededError, match="deadline passed"):
-        batcher.predict(rows(1), time.monotonic() - 1)
+        batcher.predict(rows(1), RequestContext(time.monotonic() - 1))
     assert model.batches == []
     batcher.close()
 
 
+def test_merged_call_carries_the_earliest_deadline_and_the_first_log_id() -> None:
+    model = Model(delay_s=0.05)
+    batcher = Batcher(model, max_requests=3, max_rows=16, timeout_s=0.5)
+    soon = RequestContext(time.monotonic() + 30, 7, "test")
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(batcher.predict, rows(1), far(log_id=5))
+        time.sleep(0.05)
+        others = [pool.submit(batcher.predict, rows(2), soon), pool.submit(batcher.predict, rows(3), far(log_id=9))]
+        results = [first.result(), *(future.result() for future in others)]
+    batcher.close()
+    assert model.batches == [3]
+    assert model.contexts[0].log_id == 5 and model.contexts[0].deadline == soon.deadline
+    assert [float(result["y"][0, 0]) for result in results] == [2.0, 4.0, 6.0]
+
+
 def test_errors_reach_every_request_of_the_batch() -> None:
-    def broken(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def broken(feed: dict[str, np.ndarray], ctx: RequestContext) -> dict[str, np.ndarray]:
         raise ValueError("engine failed")
 
     batcher = Batcher(broken, max_requests=4, max_rows=16, timeout_s=0.1)

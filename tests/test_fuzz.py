@@ -5,6 +5,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
@@ -12,11 +13,11 @@ from hypothesis import strategies as st
 
 from serving.errors import InputError
 from serving.images import ImageDecodeError, decode_bgr
-from serving.model_service import parse_json_request
 from serving.proto import general_model_service_pb2 as gm
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto.brpc_meta_pb2 import RpcMeta
 from serving.protocols.baidu_std import FrameDecoder, FrameError, encode_frame
+from serving.protocols.general_model import parse_json_request, response_json
 from serving.protocols.pipeline_codec import request_from_json, request_from_proto
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -92,6 +93,28 @@ def assert_same_as_json_format(data: bytes) -> None:
         assert parse_json_request(data) == exact
     except (json_format.ParseError, ValueError):
         assert exact is None
+
+
+@FAST
+@given(st.lists(st.floats(width=32), max_size=20), st.lists(st.floats(), max_size=20),
+       st.lists(st.integers(min_value=-2**31, max_value=2**31 - 1), max_size=5), st.integers(0, 2**63))
+def test_model_server_json_response_is_json_format_s_mapping(floats: list, doubles: list, ints: list,
+                                                               log_id: int) -> None:
+    tensor = gm.Tensor(float_data=floats, float64_data=doubles, int_data=ints, shape=[len(floats)], elem_type=1,
+                       name="save_infer_model/scale_0.tmp_1", alias_name="prediction")
+    response = gm.Response(outputs=[gm.ModelOutput(tensor=[tensor], engine_name="general_infer_0")], log_id=log_id)
+    ours = response_json(response)
+    strict = json.loads(ours, parse_constant=lambda name: pytest.fail(f"bare {name} is not JSON"))
+    exact = json.loads(json_format.MessageToJson(response, preserving_proto_field_name=True,
+                                                 always_print_fields_with_no_presence=True))
+    ours_tensor, exact_tensor = strict["outputs"][0]["tensor"][0], exact["outputs"][0]["tensor"][0]
+    assert {key: value for key, value in strict.items() if key != "outputs"} == {
+        key: value for key, value in exact.items() if key != "outputs"}
+    for key, dtype in (("float_data", np.float32), ("float64_data", np.float64), ("int_data", np.int64)):
+        np.testing.assert_array_equal(np.array([float(v) for v in ours_tensor[key]], dtype),
+                                      np.array([float(v) for v in exact_tensor.get(key, [])], dtype))
+        assert [v for v in ours_tensor[key] if isinstance(v, str)] == [
+            v for v in exact_tensor.get(key, []) if isinstance(v, str)]
 
 
 @FAST

@@ -85,3 +85,29 @@ def test_remote_config_errors(model_root: Path) -> None:
     config = remote_config(model_root, "localhost")
     with pytest.raises(ConfigError, match='each endpoint is "host:port"'):
         ImageService().prepare_pipeline_config(yml_dict=config)
+
+
+@pytest.mark.parametrize("protocol", ["brpc", "grpc"])
+def test_batched_remote_op_passes_the_callers_log_id_and_deadline(model_root: Path, model_server: ModelServer,
+                                                                  protocol: str,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    port = model_server.port if protocol == "brpc" else model_server.grpc_port
+    config = remote_config(model_root, f"127.0.0.1:{port}", client_type=protocol)
+    config["op"]["imagenet"].update(batch_size=4, auto_batching_timeout=20)
+    service = ImageService(name="imagenet")
+    service.prepare_pipeline_config(yml_dict=config)
+    service.start()
+    try:
+        body = {"key": ["image_0"], "value": [base64.b64encode(photo_bytes()[0]).decode()], "logid": 4242}
+        request = urllib.request.Request(f"http://127.0.0.1:{service.http_port}/imagenet/prediction",
+                                         data=json.dumps(body).encode(), method="POST",
+                                         headers={"X-Request-Timeout-Ms": "7000"})
+        with caplog.at_level("INFO", logger="serving.dataplane"), urllib.request.urlopen(request, timeout=30) as reply:
+            answer = json.loads(reply.read())
+    finally:
+        service.stop()
+    assert answer["err_no"] == 0, answer
+    assert service.dag.ops[0].batching
+    seen = [record for record in caplog.records if getattr(record, "protocol", "") == protocol]
+    assert [record.log_id for record in seen] == [4242]
+    assert 6000 < seen[0].timeout_ms < 7000, seen[0].timeout_ms

@@ -293,7 +293,7 @@ def test_dynamic_batching_merges_concurrent_requests_correctly(model_dir: Path) 
     (op,) = svc.dag.ops
     calls: list[int] = []
     predict = op.predictor.predict
-    op.predictor.predict = lambda feed, fetch=None: calls.append(len(feed["x"])) or predict(feed, fetch)
+    op.predictor.predict = lambda feed, fetch=None, ctx=None: calls.append(len(feed["x"])) or predict(feed, fetch, ctx)
     try:
         photos = photo_bytes()
         bodies = [{"key": ["image"], "value": [b64(photos[i % 2])]} for i in range(6)]

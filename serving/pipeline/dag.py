@@ -11,6 +11,7 @@ from typing import Any
 
 from serving import metrics
 from serving.config import OpConfig, ServiceConfig
+from serving.context import RequestContext
 from serving.dataplane import PipelineRequest
 from serving.errors import (
     ConfigError,
@@ -93,22 +94,18 @@ class Dag:
         for op in self.ops:
             op.stop()
 
-    def run(self, request: PipelineRequest) -> dict[str, str]:
-        """The last op's result for `request`, within limits.request_timeout_ms and the caller's own deadline."""
-        budget_ms = self.config.limits.request_timeout_ms
-        if request.timeout_ms > 0:
-            budget_ms = min(budget_ms, request.timeout_ms)
-        deadline = time.monotonic() + budget_ms / 1000
+    def run(self, request: PipelineRequest, ctx: RequestContext) -> dict[str, str]:
+        """The last op's result for `request`, by the context's deadline (the data plane applied the budget)."""
         data_id = next(self._ids)
         outputs: dict[str, dict] = {self.request_op.name: _request_dict(request)}
         for level in self.levels:
-            started = {op: self._submit(op, outputs, data_id, request.logid, deadline) for op in level}
+            started = {op: self._submit(op, outputs, data_id, ctx) for op in level}
             for op, future in started.items():
-                outputs[op.name] = self._result(op, future, outputs, data_id, request.logid, deadline)
+                outputs[op.name] = self._result(op, future, outputs, data_id, ctx)
         final = {op.name: outputs[op.name] for op in self.response_op.input_ops}
         return self.response_op.postprocess(final, {})[0]
 
-    def _submit(self, op: Op, outputs: dict[str, dict], data_id: int, log_id: int, deadline: float) -> Future:
+    def _submit(self, op: Op, outputs: dict[str, dict], data_id: int, ctx: RequestContext) -> Future:
         """Queue the op for this request, or refuse at once when limits.max_queue requests already wait for it."""
         inputs = {parent.name: outputs[parent.name] for parent in op.input_ops}
         limit = self.config.limits.max_queue
@@ -118,20 +115,20 @@ class Dag:
                                       "retry later or on another instance")
             self._queued[op.name] += 1
             metrics.QUEUE.inc(op=op.name)
-        return self._pools[op.name].submit(self._started, op, inputs, data_id, log_id, deadline, time.perf_counter())
+        return self._pools[op.name].submit(self._started, op, inputs, data_id, ctx, time.perf_counter())
 
-    def _started(self, op: Op, inputs: dict, data_id: int, log_id: int, deadline: float, queued: float) -> dict:
+    def _started(self, op: Op, inputs: dict, data_id: int, ctx: RequestContext, queued: float) -> dict:
         """A thread took the request off the op's queue: count it out, time the wait, run the op."""
         with self._lock:
             self._queued[op.name] -= 1
             metrics.QUEUE.inc(-1, op=op.name)
         metrics.STAGE.observe(time.perf_counter() - queued, op=op.name, stage="queue")
-        return op.run(inputs, data_id, log_id, deadline)
+        return op.run(inputs, data_id, ctx)
 
-    def _result(self, op: Op, future: Future, outputs: dict, data_id: int, log_id: int, deadline: float) -> dict:
+    def _result(self, op: Op, future: Future, outputs: dict, data_id: int, ctx: RequestContext) -> dict:
         """Wait within the op's timeout and the request deadline; retry what another attempt may fix."""
         for attempt in range(1, op.config.retry + 1):
-            budget = deadline - time.monotonic()
+            budget = ctx.remaining_s()
             if op.config.timeout > 0:
                 budget = min(budget, op.config.timeout / 1000)
             try:
@@ -143,9 +140,9 @@ class Dag:
                 raise
             except Exception as exc:
                 error = exc if isinstance(exc, ServingError) else ServingError(f"op {op.name}: {exc}")
-                log.warning("logid %s: op %s attempt %d failed: %s", log_id, op.name, attempt, exc)
-            if attempt < op.config.retry and deadline > time.monotonic():
-                future = self._submit(op, outputs, data_id, log_id, deadline)
+                log.warning("logid %s: op %s attempt %d failed: %s", ctx.log_id, op.name, attempt, exc)
+            if attempt < op.config.retry and not ctx.expired:
+                future = self._submit(op, outputs, data_id, ctx)
         raise error
 
 

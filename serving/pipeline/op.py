@@ -1,7 +1,7 @@
 """Paddle Serving's Op API: the hooks a web_service.py overrides, and the framework's calls around them."""
 
+import inspect
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import yaml
 from serving import metrics
 from serving.batching import Batcher
 from serving.config import LimitsConfig, OpConfig
+from serving.context import RequestContext
 from serving.errors import DeadlineExceededError, InitError, ProductError, ServingError, TypeCheckError
 from serving.images import check_image_count
 from serving.model_card import CARD_FILE
@@ -40,7 +41,6 @@ class Op:
         self.dynamic_shape_info: dict = {}
         self.predictor: Any = None
         self._batcher: Batcher | None = None
-        self._request = threading.local()
 
     # ---- hooks a user overrides -------------------------------------------------------------------------------
     def init_op(self) -> None:
@@ -54,11 +54,16 @@ class Op:
         ((_, input_dict),) = input_dicts.items()
         return input_dict, False, None, ""
 
-    def process(self, feed_batch: list[dict[str, np.ndarray]], typical_logid: int = 0) -> tuple:
-        """Run the model on the feed (merged with other requests' when batching); returns (fetch_dict, code, info)."""
+    def process(self, feed_batch: list[dict[str, np.ndarray]], typical_logid: int = 0,
+                ctx: RequestContext | None = None) -> tuple:
+        """Run the model on the feed (merged with other requests' when batching); returns (fetch_dict, code, info).
+
+        An override with Paddle Serving's two-argument signature still works; it gets no `ctx`.
+        """
+        ctx = ctx or RequestContext(log_id=typical_logid)
         if self._batcher is not None:
-            return self._batcher.predict(feed_batch[0], self._request.deadline), None, ""
-        return self._predict(feed_batch[0]), None, ""
+            return self._batcher.predict(feed_batch[0], ctx), None, ""
+        return self._predict(feed_batch[0], ctx), None, ""
 
     @property
     def fetch_names(self) -> list[str] | None:
@@ -120,13 +125,10 @@ class Op:
         metrics.STAGE.observe(now - started, op=self.name, stage=stage)
         return now
 
-    def _predict(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The predictor call, with its batch size counted."""
+    def _predict(self, feed: dict[str, np.ndarray], ctx: RequestContext) -> dict[str, np.ndarray]:
+        """The predictor call, with its batch size counted; ctx carries the log id and deadline to it."""
         metrics.BATCH.observe(len(next(iter(feed.values()))), op=self.name)
-        if self.remote:  # the model server gets the caller's log_id and what is left of the request's time
-            return self.predictor.predict(feed, self.fetch_names, deadline=getattr(self._request, "deadline", None),
-                                          log_id=getattr(self._request, "log_id", 0))
-        return self.predictor.predict(feed, self.fetch_names)
+        return self.predictor.predict(feed, self.fetch_names, ctx)
 
     def metadata(self) -> dict:
         """Feeds and fetches of this op's model, and its model card's facts, when it has a model."""
@@ -140,6 +142,11 @@ class Op:
             info.update({key: facts.get(key) for key in ("model", "num_classes", "input", "preprocessing", "params",
                                                           "flops", "weights", "paddle_version")})
         return info
+
+    @property
+    def _process_takes_ctx(self) -> bool:
+        """Ours and newer overrides take the request context; Paddle Serving-era overrides do not."""
+        return "ctx" in inspect.signature(self.process).parameters
 
     @property
     def batching(self) -> bool:
@@ -161,19 +168,20 @@ class Op:
         """Ops without a model (no local_service_conf) skip process(), as in Paddle Serving."""
         return self.predictor is not None
 
-    def run(self, input_dicts: dict[str, dict], data_id: int, log_id: int, deadline: float) -> dict:
+    def run(self, input_dicts: dict[str, dict], data_id: int, ctx: RequestContext) -> dict:
         """preprocess -> process -> postprocess for one request, timed per stage, product codes raised as errors."""
-        if time.monotonic() >= deadline:
+        if ctx.expired:
             raise DeadlineExceededError(f"op {self.name}: the request's deadline passed while it was queued; "
                                         "dropped before preprocess")
-        self._request.deadline, self._request.log_id = deadline, log_id
+        log_id = ctx.log_id
         started = time.perf_counter()
         feed, skip, code, info = _unpack(self.preprocess(input_dicts, data_id, log_id), 4, self.name, "preprocess")
         _raise_product_error(self.name, "preprocess", code, info)
         started = self._timed("preprocess", started)
         fetch = feed
         if not skip and self.has_model:
-            fetch, code, info = _unpack(self.process([feed], log_id), 3, self.name, "process")
+            extra = {"ctx": ctx} if self._process_takes_ctx else {}
+            fetch, code, info = _unpack(self.process([feed], log_id, **extra), 3, self.name, "process")
             _raise_product_error(self.name, "process", code, info)
             started = self._timed("process", started)
         result, code, info = _unpack(self.postprocess(input_dicts, fetch, data_id, log_id), 3, self.name,

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from serving.config import ServiceConfig, apply_overrides, load_config, parse_config
-from serving.dataplane import DataPlane
+from serving.dataplane import DataPlane, PipelineEndpoint
 from serving.errors import ConfigError
 from serving.files import atomic_write_text, raise_open_file_limit
 from serving.model_config import SERVER_CONF, read_config
@@ -129,13 +129,15 @@ class WebService:
         a connection to a worker that is still loading.
         """
         self.dag = Dag(self.get_pipeline_response(RequestOp()), self.config)
-        dataplane = self._dataplane = DataPlane(self.name, self.config.limits.max_inflight)
+        endpoint = PipelineEndpoint(self.name)
+        limits = self.config.limits
+        dataplane = self._dataplane = DataPlane(endpoint, limits.max_inflight, limits.request_timeout_ms)
         if not reuse_port:
             self._start_front_ends(dataplane, reuse_port)
         try:
             _warn_inert_settings(self.config, self.dag)
             self.dag.start(lambda op: build_predictor(op, self.config))
-            dataplane.attach(self.dag.run, {"service": self.name, "ops": self.dag.metadata()})
+            endpoint.attach(self.dag.run, {"service": self.name, "ops": self.dag.metadata()})
             if reuse_port:
                 self._start_front_ends(dataplane, reuse_port)
         except BaseException:

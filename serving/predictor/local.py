@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import InferenceError, InitError, InputError
+from serving.context import RequestContext
+from serving.errors import DeadlineExceededError, InferenceError, InitError, InputError
 from serving.predictor.settings import PredictorSettings, summary
 from serving.proto.general_model_config_pb2 import FeedVar, FetchVar, GeneralModelConfig
 
@@ -61,11 +62,17 @@ class LocalPredictor:
         """Fetch aliases in model-config order (the keys of predict's result)."""
         return [var.alias_name for var in self._fetches]
 
-    def predict(self, feed: dict[str, np.ndarray], fetch: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Check the batch against the model config, run it on an idle predictor, return fetches by alias."""
+    def predict(self, feed: dict[str, np.ndarray], fetch: list[str] | None = None,
+                ctx: RequestContext | None = None) -> dict[str, np.ndarray]:
+        """Check the batch against the model config, run it on an idle predictor, return fetches by alias.
+
+        A request whose deadline passed while it waited for an idle predictor is dropped, not computed.
+        """
         arrays = self._checked_feed(feed)
         wanted = self._selected_fetch(fetch)
         with self._lease() as predictor:
+            if ctx is not None and ctx.expired:
+                raise DeadlineExceededError("the request's deadline passed while it waited for an idle predictor")
             try:
                 outputs = self._engine.run(predictor, arrays, [var.name for var in wanted])
             except Exception as exc:

@@ -1,12 +1,12 @@
 """Remote ops: the same `predict()` as LocalPredictor, answered by model servers over brpc or gRPC."""
 
-import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 
 from clients.brpc_client import BrpcError, Client, PredictError
+from serving.context import RequestContext
 from serving.errors import DeadlineExceededError, ErrorCode, ServingError
 from serving.model_config import read_config
 from serving.proto import general_model_service_pb2 as gm
@@ -69,13 +69,15 @@ class RemotePredictor:
         """Fetch aliases of the client config."""
         return [var.alias_name for var in self.model_config.fetch_var]
 
-    def predict(self, feed: dict[str, np.ndarray], fetch: list[str] | None = None, deadline: float | None = None,
-                log_id: int = 0) -> dict[str, np.ndarray]:
-        """LocalPredictor.predict's contract, within what is left of the request's time (`deadline`, monotonic).
+    def predict(self, feed: dict[str, np.ndarray], fetch: list[str] | None = None,
+                ctx: RequestContext | None = None) -> dict[str, np.ndarray]:
+        """LocalPredictor.predict's contract, within what is left of the request's time.
 
-        The server's err_no comes back as the same error code; the caller's log_id travels with the call.
+        The server's err_no comes back as the same error code; the caller's log id travels with the call.
         """
-        timeout_s = self.timeout_s if deadline is None else min(self.timeout_s, deadline - time.monotonic())
+        ctx = ctx or RequestContext()
+        timeout_s = min(self.timeout_s, ctx.remaining_s())
+        log_id = ctx.log_id
         if timeout_s <= 0:
             raise DeadlineExceededError("the request's deadline passed before the model service was called")
         if self.protocol == "grpc":

@@ -9,26 +9,14 @@ from enum import IntEnum
 
 from google.protobuf.message import DecodeError
 
+from serving.errors import BrpcCode, PayloadError
 from serving.proto.brpc_meta_pb2 import RpcMeta
+
+__all__ = ["BrpcCode", "CompressType", "Frame", "FrameError", "PayloadError"]
 
 MAGIC = b"PRPC"
 HEADER = struct.Struct(">4sII")
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
-
-
-class BrpcCode(IntEnum):
-    """brpc's RpcResponseMeta.error_code values this kit uses."""
-
-    OK = 0
-    ENOSERVICE = 1001
-    ENOMETHOD = 1002
-    EREQUEST = 1003
-    ERPCAUTH = 1004
-    ERPCTIMEDOUT = 1008
-    EOVERCROWDED = 1011
-    EINTERNAL = 2001
-    ELOGOFF = 2003
-    ELIMIT = 2004
 
 
 class CompressType(IntEnum):
@@ -43,10 +31,6 @@ class CompressType(IntEnum):
 
 class FrameError(Exception):
     """The byte stream is not baidu_std (bad magic, sizes, meta): the connection must be closed."""
-
-
-class PayloadError(Exception):
-    """One message cannot be used (compression, size): answered with EREQUEST, the connection stays."""
 
 
 @dataclass

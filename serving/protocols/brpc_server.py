@@ -1,18 +1,18 @@
 """One asyncio port, as brpc serves it: baidu_std frames and HTTP/1.1 JSON, told apart by the first bytes."""
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from serving import metrics
-from serving.errors import AuthError, OverloadedError, http_status_of
+from serving.context import TIMEOUT_HEADER, RequestContext, timeout_header_ms
+from serving.errors import AuthError, BrpcCode, InputError, http_status_of, wire_status_of
 from serving.proto.brpc_meta_pb2 import RpcMeta
 from serving.protocols import baidu_std
-from serving.protocols.baidu_std import BrpcCode, Frame, FrameError, PayloadError
+from serving.protocols.baidu_std import Frame, FrameError
 from serving.protocols.http1 import HttpError, HttpRequest, read_request, write_response
 from serving.security import BRPC_HINT, HANDSHAKE_TIMEOUT_S, HTTP_HINT, SecurityConfig, server_ssl_context, token_check
 
@@ -20,10 +20,11 @@ log = logging.getLogger("serving.brpc")
 DENIED = AuthError(HTTP_HINT)
 HTTP_DENIED = json.dumps({"err_no": int(DENIED.code), "err_msg": DENIED.message}).encode()  # the 401 body
 
-# A method takes the decompressed payload, the attachment and the meta's log_id; returns payload and attachment.
-Method = Callable[[bytes, bytes, int], tuple[bytes, bytes]]
-# An HTTP route takes the body; returns (status, JSON body).
-Route = Callable[[bytes], tuple[int, bytes]]
+# A method takes the decompressed payload, the attachment and the request's context; returns payload and attachment.
+Method = Callable[[bytes, bytes, RequestContext], tuple[bytes, bytes]]
+# An HTTP route takes the body and the request's context; returns (status, JSON body).
+Route = Callable[[bytes, RequestContext], tuple[int, bytes]]
+
 
 
 @dataclass
@@ -45,7 +46,6 @@ class ServerLimits:
 
     max_body_bytes: int = baidu_std.DEFAULT_MAX_BODY
     idle_timeout_s: float = 60.0
-    max_inflight: int = 256
 
 
 class RpcError(Exception):
@@ -57,7 +57,11 @@ class RpcError(Exception):
 
 
 class BrpcServer:
-    """Dispatches baidu_std requests (many in flight per connection) and HTTP requests to handlers."""
+    """Dispatches baidu_std requests (many in flight per connection) and HTTP requests to handlers.
+
+    Handlers run on a pool of `workers` threads; give it one more than the data plane admits, so that a
+    request over the limit is refused at once instead of queued.
+    """
 
     def __init__(self, services: list[RpcService], routes: dict[str, Route], workers: int,
                  limits: ServerLimits | None = None, security: SecurityConfig | None = None) -> None:
@@ -68,7 +72,6 @@ class BrpcServer:
         self.server: asyncio.Server | None = None
         self.stopping = False
         self.connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
-        self.inflight = 0  # touched only on the event loop's thread
         self.ssl_context = server_ssl_context(security or SecurityConfig())
         self.auth = token_check(security or SecurityConfig())
 
@@ -124,18 +127,19 @@ class BrpcServer:
                 if not frame.meta.HasField("request"):
                     raise FrameError("a request frame without RpcMeta.request")
                 authorized = authorized or self.auth.accepts(frame.meta.authentication_data)
-                task = asyncio.create_task(self._answer(frame, writer, lock, authorized))
+                task = asyncio.create_task(self._answer(frame, writer, lock, authorized, _peer(writer)))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         finally:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _answer(self, frame: Frame, writer: asyncio.StreamWriter, lock: asyncio.Lock, authorized: bool) -> None:
+    async def _answer(self, frame: Frame, writer: asyncio.StreamWriter, lock: asyncio.Lock, authorized: bool,
+                      client: str) -> None:
         meta = RpcMeta(correlation_id=frame.meta.correlation_id, compress_type=frame.meta.compress_type)
         payload, attachment = b"", b""
         try:
-            payload, attachment = await self._call(frame, authorized)
+            payload, attachment = await self._call(frame, authorized, client)
             payload = baidu_std.compress(payload, frame.meta.compress_type)
         except RpcError as exc:
             meta.response.error_code, meta.response.error_text = int(exc.code), str(exc)
@@ -146,7 +150,7 @@ class BrpcServer:
             writer.write(baidu_std.encode_frame(meta, payload, attachment))
             await writer.drain()
 
-    async def _call(self, frame: Frame, authorized: bool) -> tuple[bytes, bytes]:
+    async def _call(self, frame: Frame, authorized: bool, client: str) -> tuple[bytes, bytes]:
         """Check the token, resolve service and method, decompress, run in the pool within the client's timeout_ms."""
         request = frame.meta.request
         if not authorized:
@@ -161,34 +165,21 @@ class BrpcServer:
         if method is None:
             raise RpcError(BrpcCode.ENOMETHOD, f"{service.short_name} has no method {request.method_name!r}; "
                            f"it has {sorted(service.methods)}")
+        ctx = RequestContext.arrived("brpc", client, request.log_id, request.timeout_ms)
         try:
-            with self._admitted():
-                payload = baidu_std.decompress(frame.payload, frame.meta.compress_type, self.limits.max_body_bytes)
-                running = asyncio.get_running_loop().run_in_executor(self.pool, method, payload, frame.attachment,
-                                                                      request.log_id)
-                timeout = request.timeout_ms / 1000 if request.timeout_ms > 0 else None
-                return await asyncio.wait_for(running, timeout)  # on timeout a still-queued call is cancelled
-        except OverloadedError as exc:
-            raise RpcError(BrpcCode.ELIMIT, str(exc)) from None
-        except PayloadError as exc:
-            raise RpcError(BrpcCode.EREQUEST, str(exc)) from None
+            payload = baidu_std.decompress(frame.payload, frame.meta.compress_type, self.limits.max_body_bytes)
+            running = asyncio.get_running_loop().run_in_executor(self.pool, method, payload, frame.attachment, ctx)
+            timeout = request.timeout_ms / 1000 if request.timeout_ms > 0 else None
+            return await asyncio.wait_for(running, timeout)  # on timeout a still-queued call is cancelled
         except asyncio.TimeoutError:
             raise RpcError(BrpcCode.ERPCTIMEDOUT, f"not answered within timeout_ms {request.timeout_ms}") from None
         except Exception as exc:
-            log.exception("%s.%s failed", service.short_name, request.method_name)
-            raise RpcError(BrpcCode.EINTERNAL, f"internal error: {type(exc).__name__}: {exc}") from None
-
-    @contextlib.contextmanager
-    def _admitted(self) -> Iterator[None]:
-        """Count one request in flight, or refuse it at max_inflight: one rule for baidu_std and HTTP."""
-        if self.inflight >= self.limits.max_inflight:
-            raise OverloadedError(f"{self.inflight} requests in flight reach the server's limit "
-                                  f"({self.limits.max_inflight}); retry later or on another server")
-        self.inflight += 1
-        try:
-            yield
-        finally:
-            self.inflight -= 1
+            code = wire_status_of(exc).brpc_code
+            if code is None:
+                log.exception("%s.%s failed", service.short_name, request.method_name)
+                code = BrpcCode.EINTERNAL
+            raise RpcError(code, str(exc) if code != BrpcCode.EINTERNAL
+                           else f"internal error: {type(exc).__name__}: {exc}") from None
 
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
         """HTTP/1.1 keep-alive: POST /{Service}/{method} with JSON."""
@@ -206,7 +197,7 @@ class BrpcServer:
                 status, body, kind = self._get(request.path.split("?", 1)[0].rstrip("/"))
                 await write_response(writer, status, body, request.close, kind)
             else:
-                status, body = await self._route(request)
+                status, body = await self._route(request, _peer(writer))
                 await write_response(writer, status, body, close=request.close)
             if request.close:
                 return
@@ -219,19 +210,27 @@ class BrpcServer:
             return 200, b'{"status": "ok"}', "application/json"
         return 404, HttpError(404, f"no GET {path}; try /health, /ready or /metrics").body(), "application/json"
 
-    async def _route(self, request: HttpRequest) -> tuple[int, bytes]:
-        """Token, route, in-flight limit (HTTP 503), then the handler in the pool."""
+    async def _route(self, request: HttpRequest, client: str) -> tuple[int, bytes]:
+        """Token, route, then the handler in the pool (the data plane admits or refuses it)."""
         route = self.routes.get(request.path.split("?", 1)[0].rstrip("/"))
         if not self._http_authorized(request):
             return http_status_of(DENIED), HTTP_DENIED
         if route is None:
             return 404, HttpError(404, f"no route {request.path}; try {sorted(self.routes)}").body()
         try:
-            with self._admitted():
-                return await asyncio.get_running_loop().run_in_executor(self.pool, route, request.body)
-        except OverloadedError as exc:
-            return http_status_of(exc), json.dumps({"err_no": int(exc.code), "err_msg": exc.message}).encode()
+            timeout_ms = timeout_header_ms(request.headers.get(TIMEOUT_HEADER.lower()))
+        except InputError as exc:
+            return 400, HttpError(400, str(exc)).body()
+        ctx = RequestContext.arrived("http", client, 0, timeout_ms)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, route, request.body, ctx)
 
     def _http_authorized(self, request: HttpRequest) -> bool:
         """Every route is a POST call, so each needs the token when one is configured."""
         return self.auth is None or self.auth.accepts_headers(request.headers)
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    """The client's address, for the request's context."""
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
+

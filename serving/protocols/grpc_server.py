@@ -4,6 +4,7 @@ from concurrent import futures
 
 import grpc
 
+from serving.context import RequestContext
 from serving.dataplane import DataPlane, PipelineResponse
 from serving.errors import DeadlineExceededError, InputError
 from serving.proto import pipeline_service_pb2 as pb
@@ -23,10 +24,10 @@ class PipelineServicer(pb_grpc.PipelineServiceServicer):
         """Errors travel in err_no/err_msg, as Paddle Serving's clients expect, never as gRPC status."""
         try:
             decoded = request_from_proto(request, context.peer())
-            decoded.timeout_ms = _client_timeout_ms(context)
+            ctx = RequestContext.arrived("grpc", decoded.clientip, decoded.logid, _client_timeout_ms(context))
         except (InputError, DeadlineExceededError) as exc:
             return response_to_proto(PipelineResponse.from_error(exc))
-        return response_to_proto(self.dataplane.infer(decoded, "grpc"))
+        return response_to_proto(self.dataplane.infer(decoded, ctx).response)
 
 
 def _client_timeout_ms(context: grpc.ServicerContext) -> float:

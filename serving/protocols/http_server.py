@@ -25,14 +25,15 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving import metrics
 from serving.config import LimitsConfig
+from serving.context import TIMEOUT_HEADER, RequestContext, timeout_header_ms
 from serving.dataplane import DataPlane, PipelineResponse
-from serving.errors import AuthError, InputError, PayloadTooLargeError, ServiceNotFoundError
+from serving.errors import AuthError, InputError, PayloadTooLargeError, ServiceNotFoundError, http_status_of
 from serving.protocols.pipeline_codec import request_from_json, response_to_json
 from serving.protocols.sockets import bound_socket
 from serving.security import HTTP_HINT, SecurityConfig, token_check
 
 log = logging.getLogger("serving.http")
-TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+DENIED = AuthError(HTTP_HINT)
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers
 OPERATIONS = ("/health", "/ready", "/metadata", "/metrics")
 
@@ -173,11 +174,11 @@ class PipelineApp:
         try:
             body = await self._body(request)
         except PayloadTooLargeError as exc:
-            return self._answer(PipelineResponse.from_error(exc), close=True)
+            return self._answer(PipelineResponse.from_error(exc), http_status_of(exc), close=True)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is left to read it; uvicorn drops it without a log line
         if not self._authorized(request):
-            return self._answer(PipelineResponse.from_error(AuthError(HTTP_HINT)))
+            return self._answer(PipelineResponse.from_error(DENIED), http_status_of(DENIED))
         try:
             payload = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -185,14 +186,16 @@ class PipelineApp:
         except RecursionError:
             error = InputError("JSON nests deeper than the parser's limit (about 1000 levels)")
             return self._answer(PipelineResponse.from_error(error), status=400)
+        client = request.client.host if request.client else ""
         try:
-            decoded = request_from_json(payload, request.path_params["name"], request.path_params["method"],
-                                        request.client.host if request.client else "")
-            decoded.timeout_ms = _client_timeout_ms(request.headers.get(TIMEOUT_HEADER))
+            decoded = request_from_json(payload, request.path_params["name"], request.path_params["method"], client)
+            ctx = RequestContext.arrived("http", client, decoded.logid,
+                                         timeout_header_ms(request.headers.get(TIMEOUT_HEADER)))
         except (InputError, ServiceNotFoundError) as exc:
             return self._answer(PipelineResponse.from_error(exc))
         loop = asyncio.get_running_loop()
-        return self._answer(await loop.run_in_executor(self.pool, self.dataplane.infer, decoded, "http"))
+        answer = await loop.run_in_executor(self.pool, self.dataplane.infer, decoded, ctx)
+        return self._answer(answer.response, http_status_of(answer.error))
 
     async def _body(self, request: Request) -> bytes:
         """The body within max_body_bytes: a declared length is checked before reading, chunked ones as they come."""
@@ -212,7 +215,7 @@ class PipelineApp:
         """/health (live), /ready (503 until the models are warm), /metadata (token), /metrics."""
         path = request.url.path
         if path == "/metadata" and not self._authorized(request):
-            return self._answer(PipelineResponse.from_error(AuthError(HTTP_HINT)))
+            return self._answer(PipelineResponse.from_error(DENIED), http_status_of(DENIED))
         if path == "/metrics":
             return Response(metrics.render(), media_type="text/plain; version=0.0.4")
         ready = self.dataplane.ready or path == "/health"
@@ -222,7 +225,7 @@ class PipelineApp:
     async def http_error(self, request: Request, exc: Exception) -> Response:
         """404 and 405 (with Allow) as JSON in the Response shape."""
         assert isinstance(exc, HTTPException)
-        hint = (f"this server answers POST /{self.dataplane.service_name}/prediction and GET "
+        hint = (f"this server answers POST /{self.dataplane.endpoint.service_name}/prediction and GET "
                 f"{', '.join(OPERATIONS)}")
         error = ServiceNotFoundError(f"no {request.method} {request.url.path}: {exc.detail}; {hint}")
         content = response_to_json(PipelineResponse.from_error(error))
@@ -232,24 +235,11 @@ class PipelineApp:
         return self.auth is None or self.auth.accepts_headers(request.headers)
 
     @staticmethod
-    def _answer(response: PipelineResponse, status: int | None = None, close: bool = False) -> Response:
-        headers = {"WWW-Authenticate": "Bearer"} if response.http_status == 401 else {}
+    def _answer(response: PipelineResponse, status: int = 200, close: bool = False) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
         if close:
             headers["Connection"] = "close"
-        return JSONResponse(response_to_json(response), status_code=status or response.http_status, headers=headers)
-
-
-def _client_timeout_ms(value: str | None) -> float:
-    """The caller's own deadline from the X-Request-Timeout-Ms header (0: none)."""
-    if value is None:
-        return 0.0
-    try:
-        timeout_ms = float(value)
-    except ValueError:
-        timeout_ms = -1.0
-    if not 0 < timeout_ms < float("inf"):
-        raise InputError(f"header {TIMEOUT_HEADER}: {value!r} is not a positive number of milliseconds")
-    return timeout_ms
+        return JSONResponse(response_to_json(response), status_code=status, headers=headers)
 
 
 class HttpFrontEnd:

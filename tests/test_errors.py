@@ -1,0 +1,41 @@
+"""The one error table: err_no for every error, and the wire statuses of those a transport must see."""
+
+import grpc
+import pytest
+
+from serving.errors import (
+    AuthError,
+    BrpcCode,
+    ClosedError,
+    ErrorCode,
+    InputError,
+    OverloadedError,
+    PayloadError,
+    PayloadTooLargeError,
+    error_of,
+    http_status_of,
+    wire_status_of,
+)
+
+
+@pytest.mark.parametrize(("error", "err_no", "http", "grpc_code", "brpc_code"), [
+    (AuthError("token"), 3004, 401, grpc.StatusCode.UNAUTHENTICATED, BrpcCode.ERPCAUTH),
+    (OverloadedError("busy"), 5000, 503, grpc.StatusCode.RESOURCE_EXHAUSTED, BrpcCode.ELIMIT),
+    (ClosedError("stopping"), 3001, 200, None, BrpcCode.ELOGOFF),
+    (PayloadError("gzip"), 5000, 400, grpc.StatusCode.INVALID_ARGUMENT, BrpcCode.EREQUEST),
+    (PayloadTooLargeError("big"), 5000, 200, None, None),
+    (InputError("bad"), 5000, 200, None, None),
+])
+def test_each_error_has_its_err_no_and_wire_statuses(error: Exception, err_no: int, http: int,
+                                                      grpc_code: grpc.StatusCode | None,
+                                                      brpc_code: BrpcCode | None) -> None:
+    status = wire_status_of(error)
+    assert error_of(error) == (err_no, str(error))
+    assert (status.http_status, status.grpc_code, status.brpc_code) == (http, grpc_code, brpc_code)
+    assert http_status_of(error) == http
+
+
+def test_unexpected_exceptions_are_unknown_and_travel_in_the_body() -> None:
+    assert error_of(KeyError("x")) == (ErrorCode.UNKNOWN, "internal error: KeyError: 'x'")
+    assert wire_status_of(KeyError("x")) == wire_status_of(None)
+    assert wire_status_of(None).http_status == 200
