@@ -1,4 +1,4 @@
-"""`python -m serving.bench`: statistics, tables and report shapes, plus short real runs of every subcommand."""
+"""`python -m bench`: statistics, tables and report shapes, plus short real runs of every subcommand."""
 
 import json
 import os
@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.bench.__main__ import build_parser
-from serving.bench.batching import summarize_models
-from serving.bench.e2e import overhead_report, plan, result_row
-from serving.bench.engines import CPU_ENGINES
-from serving.bench.load import LoadResult, build_payloads, drive_threads
-from serving.bench.memory import process_tree, rss_bytes, tree_rss_bytes
-from serving.bench.models import WorkerError, run_worker
-from serving.bench.plots import write_plots
-from serving.bench.report import (
+from bench.__main__ import build_parser
+from bench.batching import summarize_models
+from bench.e2e import overhead_report, plan, result_row
+from bench.engines import CPU_ENGINES
+from bench.load import LoadResult, build_payloads, drive_threads
+from bench.memory import process_tree, rss_bytes, tree_rss_bytes
+from bench.models import WorkerError, run_worker
+from bench.plots import write_plots
+from bench.report import (
     batching_markdown,
     ceiling_markdown,
     e2e_markdown,
@@ -28,9 +28,9 @@ from serving.bench.report import (
     readme,
     write_outputs,
 )
-from serving.bench.scrape import mean_batch, server_means
-from serving.bench.servers import ServerError, wait_for_ports
-from serving.bench.stats import percentile, rate, summarize
+from bench.scrape import mean_batch, server_means
+from bench.servers import ServerError, wait_for_ports
+from bench.stats import percentile, rate, summarize
 
 ROOT = Path(__file__).parent.parent
 ENGINE_KEYS = [engine.key for engine in CPU_ENGINES]
@@ -152,9 +152,9 @@ def test_a_failing_worker_is_reported_with_its_stderr(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def engines_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real `python -m serving.bench engines` run (export included) into a temporary folder."""
+    """One real `python -m bench engines` run (export included) into a temporary folder."""
     tmp = tmp_path_factory.mktemp("bench")
-    command = [sys.executable, "-m", "serving.bench", "engines", "--models", "SqueezeNet1_1", "--batches", "1",
+    command = [sys.executable, "-m", "bench", "engines", "--models", "SqueezeNet1_1", "--batches", "1",
                "--runs", "2", "--warmup", "1", "--out", str(tmp / "results"), "--models-dir", str(tmp / "models")]
     run = subprocess.run(command, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
                          text=True, timeout=300)
@@ -166,7 +166,7 @@ def engines_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_engines_end_to_end_writes_a_row_per_engine(engines_run: Path) -> None:
     report = json.loads((engines_run / "results" / "engines.json").read_text())
-    assert report["command"].startswith("python -m serving.bench engines --models SqueezeNet1_1")
+    assert report["command"].startswith("python -m bench engines --models SqueezeNet1_1")
     assert {"cpu", "cores", "python", "paddle", "onnxruntime"} <= set(report["machine"])
     assert list(report["engines"])[:3] == ENGINE_KEYS
     rows = {row["engine"]: row for row in report["results"]}
@@ -300,9 +300,9 @@ def test_readme_shows_each_table_under_the_command_that_made_it(tmp_path: Path) 
 
 
 def bench(engines_run: Path, name: str, *argv: str) -> Path:
-    """One real `python -m serving.bench` subcommand into a fresh folder, on the fixture's exported SqueezeNet1_1."""
+    """One real `python -m bench` subcommand into a fresh folder, on the fixture's exported SqueezeNet1_1."""
     out = engines_run / name
-    command = [sys.executable, "-m", "serving.bench", name, *argv, "--out", str(out), "--models-dir",
+    command = [sys.executable, "-m", "bench", name, *argv, "--out", str(out), "--models-dir",
                str(engines_run / "models")]
     run = subprocess.run(command, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
                          text=True, timeout=300)
@@ -318,7 +318,7 @@ def test_e2e_writes_both_ceilings_and_the_overhead_of_the_same_run(engines_run: 
     assert [(c["workers"], c["threads"], c["before"]) for c in ceilings] == [(2, 2, "pipeline"), (1, 2, "pipeline")]
     overhead = json.loads((out / "overhead.json").read_text())
     assert overhead["ceilings"] == {"pipeline": {key: value for key, value in ceilings[1].items() if key != "before"}}
-    assert overhead["command"].startswith("python -m serving.bench e2e")
+    assert overhead["command"].startswith("python -m bench e2e")
     (row,) = overhead["results"]
     (e2e_row,) = json.loads((out / "e2e.json").read_text())["results"]
     assert (row["target"], row["protocol"], row["limit_ms"], row["e2e_p50_ms"]) == ("pipeline", "grpc", 1.5,

@@ -1,4 +1,4 @@
-"""serving.eval: top-1/top-5 on a labelled set the test writes, locally and through each protocol."""
+"""bench.eval: top-1/top-5 on a labelled set the test writes, locally and through each protocol."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
+from bench.eval import local_predictor, main
 from pipelines.web_service import ImageService
-from serving.eval import local_predictor, main
 from serving.model_card import load_card
 from serving.model_server import ModelServer, build_service, parse_args
 from tests.conftest import photo_bytes

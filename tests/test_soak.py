@@ -9,7 +9,7 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_short_soak_has_no_unexpected_errors_and_recovers(squeezenet_root: Path, tmp_path: Path) -> None:
-    command = [sys.executable, str(ROOT / "scripts" / "soak.py"), "--seconds", "20",
+    command = [sys.executable, "-m", "bench.soak", "--seconds", "20",
                "--model", str(squeezenet_root / "serving_server"), "--out", str(tmp_path)]
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     result = json.loads((tmp_path / "soak.json").read_text())

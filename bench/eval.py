@@ -1,6 +1,6 @@
 """Top-1/top-5 of a served model on a labelled image list, checked image by image against local prediction.
 
-    python -m serving.eval --model models/SqueezeNet1_1 --images DIR --list val_list.txt \\
+    python -m bench.eval --model models/SqueezeNet1_1 --images DIR --list val_list.txt \\
         --via local|http|grpc|brpc [--url ...] [--endpoint host:port]
 
 `val_list.txt` is PaddleClas's format: `relative/path label` per line. http and grpc go to the
@@ -154,7 +154,7 @@ def table(model: str, tally: Tally) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Where the images are, and which path to evaluate."""
-    parser = argparse.ArgumentParser(prog="python -m serving.eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="exported model folder (holds serving_server/)")
     parser.add_argument("--images", type=Path, required=True, help="image root the list is relative to")
     parser.add_argument("--list", type=Path, required=True, help="val_list.txt: 'relative/path label' per line")

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from serving.bench.load import LoadResult, Payloads, build_payloads, drive
-from serving.bench.models import ROOT, SAMPLE_IMAGE
-from serving.bench.plots import write_plots
-from serving.bench.report import e2e_markdown, overhead_markdown, write_outputs
-from serving.bench.scrape import scrape, server_means
-from serving.bench.servers import Budget, running
-from serving.bench.stats import rate, summarize
+from bench.load import LoadResult, Payloads, build_payloads, drive
+from bench.models import ROOT, SAMPLE_IMAGE
+from bench.plots import write_plots
+from bench.report import e2e_markdown, overhead_markdown, write_outputs
+from bench.scrape import scrape, server_means
+from bench.servers import Budget, running
+from bench.stats import rate, summarize
 
 # What each server answers: HTTP and gRPC go to the pipeline; brpc and HTTP to the model server.
 TARGET_PROTOCOLS = {"pipeline": ("http", "grpc"), "pipeline_procs": ("http", "grpc"), "model_server": ("brpc", "http")}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from serving.bench.models import ROOT, quiet_env
+from bench.models import ROOT, quiet_env
 
 START_TIMEOUT_S = 300
 STOP_GRACE_S = 20

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from serving.bench.models import WorkerError, ensure_model, gpu_available, input_size, run_worker
-from serving.bench.report import engines_markdown, write_outputs
-from serving.bench.stats import summarize
+from bench.models import WorkerError, ensure_model, gpu_available, input_size, run_worker
+from bench.report import engines_markdown, write_outputs
+from bench.stats import summarize
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """Soak and fault test: every protocol at saturation, good and bad requests mixed, kill -9 of a worker mid-run.
 
-    python scripts/soak.py --seconds 300 --out bench/results/soak     # the committed result (5 minutes)
-    python scripts/soak.py --seconds 20 --out /tmp/soak                # CI's short variant (tests/test_soak.py)
+    python -m bench.soak --seconds 300 --out bench/results/soak     # the committed result (5 minutes)
+    python -m bench.soak --seconds 20 --out /tmp/soak                # CI's short variant (tests/test_soak.py)
 
 The pipeline runs as 2 worker processes sharing its ports (build_dag_each_worker), the model server
 beside it. Client threads drive pipeline HTTP and gRPC and the model server's baidu_std and gRPC ports;
-every 4th request is one of the bad inputs of scripts/soak_cases.py. Halfway, one pipeline worker is
+every 4th request is one of the bad inputs of bench/soak_cases.py. Halfway, one pipeline worker is
 killed with SIGKILL. Report: requests, outcomes by kind (unexpected must be 0; connection errors count
 as expected only within 5 s of the kill), RSS after warm-up vs at the end for every process that lived
 through the run (growth must be <= 10 %), and the time until the replacement worker serves (<= 5 s).
@@ -26,11 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from soak_cases import UNPICKLED, ModelServerBrpc, ModelServerGrpc, PipelineGrpc, PipelineHttp  # beside this script
 
-from serving.bench.memory import parent_pids, rss_bytes
-from serving.bench.models import DEFAULT_MODELS_DIR, ROOT, ensure_model, quiet_env
-from serving.bench.servers import free_port, stop, wait_for_ports, wait_until_ready
+from bench.memory import parent_pids, rss_bytes
+from bench.models import DEFAULT_MODELS_DIR, ROOT, ensure_model, quiet_env
+from bench.servers import free_port, stop, wait_for_ports, wait_until_ready
+from bench.soak_cases import UNPICKLED, ModelServerBrpc, ModelServerGrpc, PipelineGrpc, PipelineHttp
 from serving.files import atomic_write_text
 
 KILL_WINDOW_S = 5.0
@@ -223,7 +223,7 @@ def markdown(result: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run, write soak.json and soak.md into --out, exit 1 unless every verdict is met."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=300.0, help="length of the run")
     parser.add_argument("--threads", type=int, default=1, help="client threads per protocol")
     parser.add_argument("--model", type=Path, help="serving_server folder (default: SqueezeNet1_1, exported once)")
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     print(f"server logs: {workdir}", file=sys.stderr)
     result = run(model_dir.resolve(), args.seconds, workdir, args.threads)
-    command = "python scripts/soak.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.soak " + " ".join(argv if argv is not None else sys.argv[1:])
     atomic_write_text(args.out / "soak.json", json.dumps({"command": command, **result}, indent=1) + "\n")
     atomic_write_text(args.out / "soak.md", markdown(result, command))
     print(markdown(result, command))

@@ -1,14 +1,14 @@
-"""`python -m serving.bench engines | ceiling | e2e | all | batching | memory`: the README's performance tables.
+"""`python -m bench engines | ceiling | e2e | all | batching | memory`: the README's performance tables.
 
-    python -m serving.bench engines [--models ...] [--batches 1 4 8] [--runs 20] [--warmup 5] [--threads 2]
-    python -m serving.bench ceiling [--model SqueezeNet1_1] [--engine auto] [--workers 2] [--seconds 5]
-    python -m serving.bench e2e [--protocols http grpc brpc] [--targets pipeline model_server]
-                                [--concurrency 1 2 4 8 16] [--seconds 5] [--images 1]
-    python -m serving.bench all [every option above]
-    python -m serving.bench batching [--models ...] [--protocol http] [--concurrency 8] [--seconds 5]
-                                     [--min-requests 200] [--batch-size 4] [--batching-timeout-ms 2]
-    python -m serving.bench memory [--model SqueezeNet1_1] [--requests 10000] [--warmup-requests 200]
-                                   [--concurrency 4] [--protocols http grpc] [--checkpoints 10]
+    python -m bench engines [--models ...] [--batches 1 4 8] [--runs 20] [--warmup 5] [--threads 2]
+    python -m bench ceiling [--model SqueezeNet1_1] [--engine auto] [--workers 2] [--seconds 5]
+    python -m bench e2e [--protocols http grpc brpc] [--targets pipeline model_server]
+                        [--concurrency 1 2 4 8 16] [--seconds 5] [--images 1]
+    python -m bench all [every option above]
+    python -m bench batching [--models ...] [--protocol http] [--concurrency 8] [--seconds 5]
+                             [--min-requests 200] [--batch-size 4] [--batching-timeout-ms 2]
+    python -m bench memory [--model SqueezeNet1_1] [--requests 10000] [--warmup-requests 200]
+                           [--concurrency 4] [--protocols http grpc] [--checkpoints 10]
 
 Results go to --out (default bench/results) as JSON (raw numbers) and Markdown (tables), and README.md there is
 rebuilt from every table in --out after each run; `ceiling` measures the servers' budget and 1 worker, `e2e`
@@ -24,15 +24,15 @@ import sys
 import warnings
 from pathlib import Path
 
+from bench.batching import run_batching, write_batching
+from bench.ceiling import resolved_budget, run_ceilings, write_ceiling
+from bench.e2e import PROTOCOLS, TARGET_PROTOCOLS, overhead_report, run_e2e, write_e2e, write_overhead
+from bench.engines import run_engines, write_engines
+from bench.memory import run_memory, write_memory
+from bench.models import DEFAULT_MODELS_DIR, MODEL_NAMES, ROOT, WorkerError, ensure_model
+from bench.report import machine_info, write_readme
+from bench.servers import TARGETS, Budget, ServerError
 from export.errors import ExportError
-from serving.bench.batching import run_batching, write_batching
-from serving.bench.ceiling import resolved_budget, run_ceilings, write_ceiling
-from serving.bench.e2e import PROTOCOLS, TARGET_PROTOCOLS, overhead_report, run_e2e, write_e2e, write_overhead
-from serving.bench.engines import run_engines, write_engines
-from serving.bench.memory import run_memory, write_memory
-from serving.bench.models import DEFAULT_MODELS_DIR, MODEL_NAMES, ROOT, WorkerError, ensure_model
-from serving.bench.report import machine_info, write_readme
-from serving.bench.servers import TARGETS, Budget, ServerError
 from serving.errors import ServingError
 
 DEFAULT_OUT = ROOT / "bench" / "results"
@@ -121,7 +121,7 @@ def _memory_options(group: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """One subcommand per table, plus `all`."""
     groups = _option_groups()
-    parser = argparse.ArgumentParser(prog="python -m serving.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     serving = ("common", "model", "budget", "seconds")
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="No ccache found")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    command = shlex.join(["python", "-m", "serving.bench", *argv])
+    command = shlex.join(["python", "-m", "bench", *argv])
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         paths = COMMANDS[args.command](args, command)

@@ -3,10 +3,10 @@
 from dataclasses import replace
 from pathlib import Path
 
-from serving.bench.models import ROOT, SAMPLE_IMAGE, run_worker
-from serving.bench.report import ceiling_markdown, write_outputs
-from serving.bench.servers import Budget
-from serving.bench.stats import rate, summarize
+from bench.models import ROOT, SAMPLE_IMAGE, run_worker
+from bench.report import ceiling_markdown, write_outputs
+from bench.servers import Budget
+from bench.stats import rate, summarize
 from serving.config import LocalServiceConf
 from serving.predictor.settings import engine_of
 

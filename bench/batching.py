@@ -7,14 +7,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from serving.bench.ceiling import resolved_budget
-from serving.bench.e2e import result_row
-from serving.bench.load import LoadResult, Payloads, build_payloads, drive
-from serving.bench.models import ROOT, SAMPLE_IMAGE, ensure_model
-from serving.bench.report import batching_markdown, write_outputs
-from serving.bench.scrape import mean_batch, scrape
-from serving.bench.servers import Server, running
-from serving.bench.stats import rate
+from bench.ceiling import resolved_budget
+from bench.e2e import result_row
+from bench.load import LoadResult, Payloads, build_payloads, drive
+from bench.models import ROOT, SAMPLE_IMAGE, ensure_model
+from bench.report import batching_markdown, write_outputs
+from bench.scrape import mean_batch, scrape
+from bench.servers import Server, running
+from bench.stats import rate
 
 WARMUP_S = 2.0
 MIN_RATIO = 0.95  # issue 5: batching may not cost more than 5 % of throughput

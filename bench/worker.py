@@ -1,6 +1,6 @@
 """One measurement in a fresh process, because engines' thread pools distort each other in one process.
 
-    python -m serving.bench.worker '<spec JSON>' OUT.json
+    python -m bench.worker '<spec JSON>' OUT.json
 
 Spec `task` is `engine` (time LocalPredictor.predict on random input per batch size) or `ceiling` (decode +
 preprocess + predict of one JPEG from concurrent threads, no serving). Raw samples go to OUT.json; the parent

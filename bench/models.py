@@ -11,7 +11,7 @@ from pathlib import Path
 
 from serving.model_config import SERVER_CONF, read_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAMES = ("AlexNet", "SqueezeNet1_0", "SqueezeNet1_1", "DarkNet53", "SENet154_vd")
 DEFAULT_MODELS_DIR = ROOT / "bench" / "models"
 SAMPLE_IMAGE = ROOT / "export" / "data" / "images" / "daisy.jpg"
@@ -48,7 +48,7 @@ def _export(name: str, root: Path) -> None:
     root.parent.mkdir(parents=True, exist_ok=True)
     ignore = root.parent / ".gitignore"
     if not ignore.exists():
-        ignore.write_text("# benchmark model cache (python -m serving.bench): never commit\n*\n", encoding="utf-8")
+        ignore.write_text("# benchmark model cache (python -m bench): never commit\n*\n", encoding="utf-8")
     print(f"exporting {name} into {root} (random weights, seed {EXPORT_SEED}, with ONNX) ...", file=sys.stderr)
     with _stdout_to_stderr():
         export(ExportRequest(model=name, out=root, random_init=EXPORT_SEED, onnx=True, force=root.exists()))
@@ -81,10 +81,10 @@ def gpu_available() -> bool:
 
 
 def run_worker(spec: dict, timeout_s: float = WORKER_TIMEOUT_S) -> dict:
-    """Run one measurement in a fresh interpreter (`serving.bench.worker`) and return the JSON it wrote."""
+    """Run one measurement in a fresh interpreter (`bench.worker`) and return the JSON it wrote."""
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
         out = Path(tmp) / "result.json"
-        command = [sys.executable, "-m", "serving.bench.worker", json.dumps(spec), str(out)]
+        command = [sys.executable, "-m", "bench.worker", json.dumps(spec), str(out)]
         try:
             done = subprocess.run(command, cwd=ROOT, env=quiet_env(), capture_output=True, text=True,
                                   timeout=timeout_s, check=False)

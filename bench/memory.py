@@ -7,12 +7,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from serving.bench.ceiling import resolved_budget
-from serving.bench.load import LoadResult, Payloads, build_payloads, drive
-from serving.bench.models import SAMPLE_IMAGE, ensure_model
-from serving.bench.report import memory_markdown, write_outputs
-from serving.bench.servers import Server, running
-from serving.bench.stats import rate
+from bench.ceiling import resolved_budget
+from bench.load import LoadResult, Payloads, build_payloads, drive
+from bench.models import SAMPLE_IMAGE, ensure_model
+from bench.report import memory_markdown, write_outputs
+from bench.servers import Server, running
+from bench.stats import rate
 
 MAX_RATIO = 1.1  # issue 5: RSS after the run ≤ 1.1 × RSS after warm-up
 ROUND_LIMIT_S = 3600.0  # rounds end by request count; this only bounds a server that stopped answering

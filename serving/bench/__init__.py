@@ -1,1 +1,0 @@
-"""`python -m serving.bench`: engine latency, the in-process ceiling and end-to-end serving throughput tables."""
