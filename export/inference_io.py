@@ -7,9 +7,9 @@ import paddle
 from paddle import inference, nn
 
 from export.errors import WeightsError
-from serving.files import inside
+from serving import model_files
+from serving.model_files import PROGRAM_PREFIX
 
-PROGRAM_PREFIX = "inference"
 FEED_NAME = "x"
 
 
@@ -21,20 +21,11 @@ def save_program(network: nn.Layer, directory: Path, input_size: int) -> None:
 
 
 def find_program(directory: Path) -> tuple[Path, Path]:
-    """The (program, params) pair of an inference-model folder: Paddle 3 `.json` or legacy `.pdmodel`."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise WeightsError(f"inference model folder {directory} does not exist or is not a folder")
-    candidates = sorted(directory.glob("*.json")) + sorted(directory.glob("*.pdmodel"))
-    preferred = [path for path in candidates if path.stem == PROGRAM_PREFIX] + candidates
-    for program in preferred:
-        params = program.with_suffix(".pdiparams")
-        if params.is_file() and all(inside(directory, path.name) for path in (program, params)):
-            return program, params
-    raise WeightsError(
-        f"{directory} holds no inference model: expected inference.json or inference.pdmodel "
-        "beside inference.pdiparams"
-    )
+    """serving's program lookup, its failure as the exporter's WeightsError."""
+    try:
+        return model_files.find_program(directory)
+    except model_files.ProgramNotFoundError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 def cpu_config(directory: Path, threads: int = 2) -> inference.Config:

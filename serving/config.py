@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from serving.errors import ConfigError
+from serving.errors import ConfigError, require_config
 from serving.images import OPENCV_PIXELS_ENV, opencv_pixel_cap
 from serving.model_config import CLIENT_CONF, SERVER_CONF
 from serving.security import SecurityConfig
@@ -20,12 +20,6 @@ CLIENT_TYPES = ("local_predictor", "brpc", "grpc")
 SUPPORTED_DEVICE_TYPES = {-1: "from devices", 0: "CPU", 1: "GPU", 2: "TensorRT"}
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 ENGINES = ("auto", "paddle", "onnxruntime")
-
-
-def _require(condition: bool, path: str, value: object, allowed: str) -> None:
-    """Raise the kit's standard config error unless `condition` holds."""
-    if not condition:
-        raise ConfigError(f"config {path} = {value!r}: {allowed}")
 
 
 @dataclass
@@ -54,26 +48,27 @@ class LocalServiceConf:
 
     def validate(self, path: str) -> None:
         """Value ranges and the contradictions Paddle Serving only found at first request."""
-        _require(self.engine in ENGINES, f"{path}.engine", self.engine, f"one of {', '.join(ENGINES)}")
-        _require(bool(self.model_config), f"{path}.model_config", self.model_config,
+        require_config(self.engine in ENGINES, f"{path}.engine", self.engine, f"one of {', '.join(ENGINES)}")
+        require_config(bool(self.model_config), f"{path}.model_config", self.model_config,
                  "set it to the exported serving_server folder")
-        _require(self.client_type in CLIENT_TYPES, f"{path}.client_type", self.client_type,
+        require_config(self.client_type in CLIENT_TYPES, f"{path}.client_type", self.client_type,
                  f"one of {', '.join(CLIENT_TYPES)}")
-        _require(self.device_type in SUPPORTED_DEVICE_TYPES, f"{path}.device_type", self.device_type,
+        require_config(self.device_type in SUPPORTED_DEVICE_TYPES, f"{path}.device_type", self.device_type,
                  "supported: " + ", ".join(f"{k} ({v})" for k, v in SUPPORTED_DEVICE_TYPES.items()))
-        _require(all(part.strip().isdigit() for part in self.devices.split(",")) or not self.devices.strip(),
+        require_config(all(part.strip().isdigit() for part in self.devices.split(",")) or not self.devices.strip(),
                  f"{path}.devices", self.devices, 'use "" for CPU or GPU ids like "0" or "0,1"')
-        _require(self.device_type not in (1, 2) or bool(self.gpu_ids), f"{path}.devices", self.devices,
+        require_config(self.device_type not in (1, 2) or bool(self.gpu_ids), f"{path}.devices", self.devices,
                  f"device_type {self.device_type} needs GPU ids, e.g. devices: \"0\"")
-        _require(self.precision in PRECISIONS, f"{path}.precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        require_config(self.precision in PRECISIONS, f"{path}.precision", self.precision,
+                       f"one of {', '.join(PRECISIONS)}")
         on_gpu = self.device_type in (1, 2) or (self.device_type == -1 and bool(self.gpu_ids))
-        _require(on_gpu or self.precision in ("fp32", "bf16"), f"{path}.precision", self.precision,
+        require_config(on_gpu or self.precision in ("fp32", "bf16"), f"{path}.precision", self.precision,
                  "on CPU use fp32 or bf16 (fp16/int8 need device_type 1 or 2)")
-        _require(not on_gpu or self.precision != "bf16", f"{path}.precision", self.precision,
+        require_config(not on_gpu or self.precision != "bf16", f"{path}.precision", self.precision,
                  "bf16 is a CPU (oneDNN) precision; on GPU use fp32, fp16 or int8")
         for key in ("thread_num", "min_subgraph_size", "max_batch_size", "trt_workspace_mb"):
-            _require(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "must be >= 1")
-        _require(self.mkldnn_cache_capacity >= 0, f"{path}.mkldnn_cache_capacity", self.mkldnn_cache_capacity,
+            require_config(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "must be >= 1")
+        require_config(self.mkldnn_cache_capacity >= 0, f"{path}.mkldnn_cache_capacity", self.mkldnn_cache_capacity,
                  "must be >= 0")
 
     @property
@@ -105,7 +100,7 @@ class OpConfig:
     def validate(self, path: str) -> None:
         """Ranges, and a local model or remote endpoints when a model is configured."""
         for key in ("concurrency", "retry", "batch_size", "topk"):
-            _require(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "must be >= 1")
+            require_config(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "must be >= 1")
         conf = self.local_service_conf
         if conf is not None and conf.max_batch_size < self.batch_size:
             raise ConfigError(f"config {path}.local_service_conf.max_batch_size: {conf.max_batch_size!r} is below "
@@ -134,9 +129,10 @@ class DagConfig:
 
     def validate(self, path: str) -> None:
         """Ranges and allowed values."""
-        _require(self.retry >= 1, f"{path}.retry", self.retry, "must be >= 1")
-        _require(self.channel_size >= 0, f"{path}.channel_size", self.channel_size, "must be >= 0")
-        _require(self.client_type in ("brpc", "grpc"), f"{path}.client_type", self.client_type, "one of brpc, grpc")
+        require_config(self.retry >= 1, f"{path}.retry", self.retry, "must be >= 1")
+        require_config(self.channel_size >= 0, f"{path}.channel_size", self.channel_size, "must be >= 0")
+        require_config(self.client_type in ("brpc", "grpc"), f"{path}.client_type", self.client_type,
+                       "one of brpc, grpc")
 
 
 @dataclass
@@ -158,9 +154,10 @@ class LimitsConfig:
     def validate(self, path: str) -> None:
         """All limits are positive; OpenCV's process-wide cap must admit max_image_pixels."""
         for item in dataclasses.fields(self):
-            _require(getattr(self, item.name) >= 1, f"{path}.{item.name}", getattr(self, item.name), "must be >= 1")
+            require_config(getattr(self, item.name) >= 1, f"{path}.{item.name}", getattr(self, item.name),
+                           "must be >= 1")
         cap = opencv_pixel_cap()
-        _require(self.max_image_pixels <= cap, f"{path}.max_image_pixels", self.max_image_pixels,
+        require_config(self.max_image_pixels <= cap, f"{path}.max_image_pixels", self.max_image_pixels,
                  f"OpenCV refuses images above {cap} pixels in this process; start it with "
                  f"{OPENCV_PIXELS_ENV}={self.max_image_pixels} (or more) in the environment")
 
@@ -180,15 +177,16 @@ class ServiceConfig:
 
     def validate(self, path: str) -> None:
         """Ports: at least one, each 1024-65535 (0 = pick a free port, for tests)."""
-        _require(self.rpc_port is not None or self.http_port is not None, f"{path}rpc_port/http_port", None,
+        require_config(self.rpc_port is not None or self.http_port is not None, f"{path}rpc_port/http_port", None,
                  "set at least one of rpc_port and http_port")
         for key in ("rpc_port", "http_port"):
             port = getattr(self, key)
-            _require(port is None or port == 0 or 1024 <= port <= 65535, f"{path}{key}", port,
+            require_config(port is None or port == 0 or 1024 <= port <= 65535, f"{path}{key}", port,
                      "use 1024-65535 (or 0 for any free port)")
-        _require(self.rpc_port is None or self.rpc_port == 0 or self.rpc_port != self.http_port, f"{path}http_port",
+        require_config(self.rpc_port is None or self.rpc_port == 0 or self.rpc_port != self.http_port,
+                       f"{path}http_port",
                  self.http_port, "rpc_port and http_port must differ")
-        _require(self.worker_num >= 1, f"{path}worker_num", self.worker_num, "must be >= 1")
+        require_config(self.worker_num >= 1, f"{path}worker_num", self.worker_num, "must be >= 1")
 
 
 def _type_name(kind: object) -> str:
@@ -204,31 +202,31 @@ def _coerce(kind: object, value: object, path: str) -> object:
     if dataclasses.is_dataclass(kind):
         return _build(kind, value, path)
     if origin is dict:
-        _require(isinstance(value, dict), path, value, "expected a mapping of op name -> settings")
+        require_config(isinstance(value, dict), path, value, "expected a mapping of op name -> settings")
         return {str(name): _coerce(args[1], item, f"{path}.{name}") for name, item in value.items()}
     if origin is list:
-        _require(isinstance(value, list) and all(isinstance(item, str) for item in value), path, value,
+        require_config(isinstance(value, list) and all(isinstance(item, str) for item in value), path, value,
                  "expected a list of strings")
         return list(value)
     if kind is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), path, value, "expected an integer")
+        require_config(isinstance(value, int) and not isinstance(value, bool), path, value, "expected an integer")
     elif kind is bool:
-        _require(isinstance(value, bool), path, value, "expected true or false")
+        require_config(isinstance(value, bool), path, value, "expected true or false")
     elif kind is str:
-        _require(isinstance(value, (str, int)) and not isinstance(value, bool), path, value, "expected a string")
+        require_config(isinstance(value, (str, int)) and not isinstance(value, bool), path, value, "expected a string")
         return str(value)
     return value
 
 
 def _build(cls: type, data: object, path: str) -> object:
     """Instantiate dataclass `cls` from a mapping, rejecting unknown keys by name."""
-    _require(isinstance(data, dict), path or "(top level)", data, f"expected a mapping for {cls.__name__}")
+    require_config(isinstance(data, dict), path or "(top level)", data, f"expected a mapping for {cls.__name__}")
     hints = typing.get_type_hints(cls)
     names = [item.name for item in dataclasses.fields(cls)]
     prefix = f"{path}." if path else ""
     kwargs = {}
     for key, value in data.items():
-        _require(key in hints, f"{prefix}{key}", value, f"unknown key; allowed keys here: {', '.join(names)}")
+        require_config(key in hints, f"{prefix}{key}", value, f"unknown key; allowed keys here: {', '.join(names)}")
         if value is not None:
             kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
     instance = cls(**kwargs)
@@ -257,7 +255,7 @@ def _resolve(path: str, base_dir: Path) -> Path:
 def _resolve_local(conf: LocalServiceConf, path: str, base_dir: Path) -> None:
     """The model folder must hold the server config; relative folders are made absolute."""
     folder = _resolve(conf.model_config, base_dir)
-    _require((folder / SERVER_CONF).is_file(), f"{path}.model_config", conf.model_config,
+    require_config((folder / SERVER_CONF).is_file(), f"{path}.model_config", conf.model_config,
              f"the folder must exist and hold {SERVER_CONF} (looked in {folder}); export one with python -m export")
     conf.model_config = str(folder)
     if conf.trt_cache_dir:
@@ -266,14 +264,14 @@ def _resolve_local(conf: LocalServiceConf, path: str, base_dir: Path) -> None:
 
 def _resolve_remote(op: OpConfig, path: str, base_dir: Path) -> None:
     """Remote ops need endpoints and the model's client config."""
-    _require(bool(op.server_endpoints), f"{path}.server_endpoints", op.server_endpoints,
+    require_config(bool(op.server_endpoints), f"{path}.server_endpoints", op.server_endpoints,
              "a brpc/grpc client_type needs the model servers' \"host:port\" list")
-    _require(all(":" in endpoint for endpoint in op.server_endpoints), f"{path}.server_endpoints",
+    require_config(all(":" in endpoint for endpoint in op.server_endpoints), f"{path}.server_endpoints",
              op.server_endpoints, 'each endpoint is "host:port"')
-    _require(op.client_config is not None, f"{path}.client_config", op.client_config,
+    require_config(op.client_config is not None, f"{path}.client_config", op.client_config,
              f"remote ops need the model's serving_client/{CLIENT_CONF}")
     client_config = _resolve(op.client_config, base_dir)
-    _require(client_config.is_file(), f"{path}.client_config", op.client_config,
+    require_config(client_config.is_file(), f"{path}.client_config", op.client_config,
              f"no such file (looked in {client_config})")
     op.client_config = str(client_config)
 

@@ -60,6 +60,17 @@ class ConfigError(ServingError):
 
     code = ErrorCode.CONFIG
 
+    @classmethod
+    def invalid(cls, path: str, value: object, allowed: str) -> "ConfigError":
+        """The one wording of config errors: the key path, the value it holds, and what is allowed."""
+        return cls(f"config {path} = {value!r}: {allowed}")
+
+
+def require_config(condition: bool, path: str, value: object, allowed: str) -> None:
+    """Raise ConfigError.invalid unless `condition` holds."""
+    if not condition:
+        raise ConfigError.invalid(path, value, allowed)
+
 
 class InitError(ServingError):
     """An op or predictor failed to initialise."""

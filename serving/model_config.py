@@ -7,12 +7,12 @@ from google.protobuf import text_format
 
 from serving.files import atomic_write_bytes, atomic_write_text
 from serving.proto.general_model_config_pb2 import GeneralModelConfig
+from serving.tensors import ElemType
 
 SERVER_CONF = "serving_server_conf.prototxt"
 CLIENT_CONF = "serving_client_conf.prototxt"
 
-# Paddle Serving's elem_type / feed_type codes (protocols.md).
-FLOAT32 = 1
+FLOAT32 = ElemType.FP32  # the feed and fetch type of every exported classifier
 STRING = 20
 
 

@@ -15,7 +15,7 @@ from serving.proto import general_model_service_pb2 as gm
 from serving.proto.general_model_config_pb2 import GeneralModelConfig
 from serving.tensors import ElemType, to_array, to_tensor
 
-SERVICE_NAME = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
+SERVICE_NAME = gm.DESCRIPTOR.services_by_name["GeneralModelService"].full_name  # from the .proto
 ENGINE_NAME = "general_infer_0"
 
 

@@ -19,11 +19,6 @@ GRPC_HINT = "missing or wrong token: send metadata 'authorization: Bearer <token
 BRPC_HINT = "missing or wrong token: send it in RpcMeta.authentication_data (the token, or 'Bearer <token>')"
 
 
-def _fail(path: str, value: object, allowed: str) -> None:
-    """The kit's standard config error (serving.config's format; importing it here would be circular)."""
-    raise ConfigError(f"config {path} = {value!r}: {allowed}")
-
-
 @dataclass
 class SecurityConfig:
     """security (this kit's): TLS on every port when cert and key are set; a token on every call when named."""
@@ -43,11 +38,13 @@ class SecurityConfig:
         """Cert and key come as a pair; the token lives in the environment, so the secret stays out of config.yml."""
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
-            _fail(f"{path}.{missing}", "", "tls_cert_file and tls_key_file go together: set both for TLS, or neither")
+            raise ConfigError.invalid(f"{path}.{missing}", "",
+                                      "tls_cert_file and tls_key_file go together: set both for TLS, or neither")
         for key in ("auth_token_env", "remote_token_env"):
             name = getattr(self, key)
             if name and not os.environ.get(name, "").strip():
-                _fail(f"{path}.{key}", name, f"environment variable {name} is unset or empty; export the token in it")
+                raise ConfigError.invalid(f"{path}.{key}", name,
+                                          f"environment variable {name} is unset or empty; export the token in it")
 
     @property
     def remote_token(self) -> str | None:
@@ -65,15 +62,16 @@ class SecurityConfig:
         try:
             server_ssl_context(self)
         except (ssl.SSLError, OSError) as exc:
-            _fail(f"{path}.tls_cert_file", self.tls_cert_file,
-                  f"it and {path}.tls_key_file must be a PEM certificate and its unencrypted key ({exc})")
+            raise ConfigError.invalid(f"{path}.tls_cert_file", self.tls_cert_file,
+                                      f"it and {path}.tls_key_file must be a PEM certificate and its unencrypted key "
+                                      f"({exc})") from None
 
 
 def _existing(base_dir: Path, name: str, path: str) -> str:
     """`name` resolved against `base_dir`; it must be a file."""
     file = (base_dir / name).resolve()
     if not file.is_file():
-        _fail(path, name, f"no such file (looked in {file})")
+        raise ConfigError.invalid(path, name, f"no such file (looked in {file})")
     return str(file)
 
 

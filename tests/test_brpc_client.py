@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from clients.brpc_client import Client, PredictError, main
-from clients.brpc_transport import SERVICE, BrpcError, ClientCode
 from serving.errors import InputError
 from serving.model_config import FLOAT32, STRING, VarSpec, build_config, write_config
 from serving.proto.brpc_meta_pb2 import RpcMeta
 from serving.proto.general_model_service_pb2 import Request, Response, Tensor
 from serving.protocols.baidu_std import DEFAULT_MAX_BODY, BrpcCode, compress, decompress, encode_frame, read_frame
+from serving.protocols.brpc_channel import SERVICE, BrpcError, ClientCode
 from serving.tensors import to_array, to_tensor
 from tests.conftest import free_port
 

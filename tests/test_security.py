@@ -24,7 +24,6 @@ from google.protobuf import json_format
 
 from clients import PipelineClient
 from clients.brpc_client import Client
-from clients.brpc_transport import BrpcError, Connection
 from export import inference_io
 from pipelines.web_service import ImageService
 from serving.config import parse_config
@@ -37,6 +36,7 @@ from serving.proto import health_pb2, health_pb2_grpc
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
 from serving.protocols.baidu_std import BrpcCode
+from serving.protocols.brpc_channel import BrpcError, Connection
 from serving.security import TokenCheck
 from serving.tensors import ElemType
 from tests.conftest import photo_bytes

@@ -147,12 +147,16 @@ def _zombie(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
+class BrokenService(WebService):
+    def get_pipeline_response(self, read_op: Op) -> Op:
+        raise TypeError("this service builds no ops")
+
+
 def test_a_worker_that_cannot_start_fails_the_start_with_its_reason(tmp_path: Path) -> None:
-    svc = SleepService(name="sleep")
+    svc = BrokenService(name="sleep")
     svc.prepare_pipeline_config(yml_dict={"http_port": 0, "worker_num": 2, "build_dag_each_worker": True,
                                           "op": {"sleep": {"concurrency": 1}}})
-    svc.get_pipeline_response = None  # type: ignore[method-assign]  # pickled into the workers, not callable there
-    with pytest.raises(Exception, match="worker 0 failed to start: TypeError"):
+    with pytest.raises(Exception, match="worker 0 failed to start: TypeError: this service builds no ops"):
         svc.start()
     assert svc.worker_pids == []
 

@@ -18,7 +18,7 @@ from serving.files import atomic_write_text, raise_open_file_limit
 from serving.model_config import SERVER_CONF, read_config
 from serving.pipeline.dag import Dag
 from serving.pipeline.op import Op, RequestOp
-from serving.pipeline.workers import WorkerPool, reserve_port
+from serving.pipeline.workers import WorkerPool, WorkerSpec, reserve_port
 from serving.protocols.grpc_server import start_grpc_server
 from serving.protocols.http_server import start_http_server
 
@@ -70,16 +70,6 @@ class WebService:
         self._pool: WorkerPool | None = None
         self._reserved: list[socket.socket] = []
 
-    def __getstate__(self) -> dict:
-        """What a worker process needs: the name, the config and the user's own attributes, no live servers."""
-        runtime = {"dag", "_servers", "_dataplane", "_stopped", "_pool", "_reserved"}
-        return {key: value for key, value in self.__dict__.items() if key not in runtime}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.dag, self._servers, self._dataplane, self._stopped = None, [], None, threading.Event()
-        self._pool, self._reserved = None, []
-
     @property
     def worker_pids(self) -> list[int]:
         """The worker processes' ids (build_dag_each_worker); empty when the service runs in this process."""
@@ -112,7 +102,7 @@ class WebService:
                 self._reserved.append(sock)
         self.config = dataclasses.replace(self.config, **ports)
         self.http_port, self.rpc_port = self.config.http_port, self.config.rpc_port
-        self._pool = WorkerPool(self, self.config.worker_num)
+        self._pool = WorkerPool(WorkerSpec(type(self), self.name, self.config), self.config.worker_num)
         try:
             self._pool.start()
         except BaseException:

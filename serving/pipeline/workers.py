@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
+from serving.config import ServiceConfig
 from serving.errors import InitError
 from serving.logs import setup_logging
 from serving.protocols.sockets import bound_socket
@@ -39,13 +40,29 @@ def reserve_port(port: int) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-def _worker_main(service: "WebService", conn: Connection) -> None:
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process needs to build its own copy of the service: a picklable class, its name, the config."""
+
+    service_class: type["WebService"]
+    name: str
+    config: ServiceConfig
+
+    def build(self) -> "WebService":
+        """A fresh service, configured like the supervisor's, with nothing running yet."""
+        service = self.service_class(name=self.name)
+        service.config = self.config
+        return service
+
+
+def _worker_main(spec: WorkerSpec, conn: Connection) -> None:
     """A worker: serve on the shared ports until SIGTERM/SIGINT or the supervisor's pipe closes."""
     setup_logging(prefix=f"worker-{os.getpid()} ")
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
     try:
+        service = spec.build()
         service.start_in_process(reuse_port=True)
     except Exception as exc:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
@@ -80,8 +97,8 @@ class _Worker:
 class WorkerPool:
     """Starts `count` copies of a service in processes and keeps `count` of them running until stopped."""
 
-    def __init__(self, service: "WebService", count: int) -> None:
-        self.service = service
+    def __init__(self, spec: WorkerSpec, count: int) -> None:
+        self.spec = spec
         self.workers = [_Worker(slot) for slot in range(count)]
         self._context = multiprocessing.get_context("spawn")
         self._stopping = threading.Event()
@@ -108,7 +125,7 @@ class WorkerPool:
 
     def _spawn(self, worker: _Worker) -> None:
         parent, child = self._context.Pipe()
-        process = self._context.Process(target=_worker_main, args=(self.service, child),
+        process = self._context.Process(target=_worker_main, args=(self.spec, child),
                                         name=f"pipeline-worker-{worker.slot}", daemon=False)
         process.start()
         child.close()

@@ -11,10 +11,10 @@ from serving.context import RequestContext
 from serving.errors import DeadlineExceededError, InferenceError, InitError, InputError
 from serving.predictor.settings import PredictorSettings, summary
 from serving.proto.general_model_config_pb2 import FeedVar, FetchVar, GeneralModelConfig
+from serving.tensors import DTYPE_OF, ElemType
 
-# Paddle Serving's feed_type codes that both engines accept from numpy.
-FEED_DTYPES = {0: np.int64, 1: np.float32, 2: np.int32, 3: np.float64, 5: np.float16, 7: np.uint8, 8: np.int8,
-               9: np.bool_}
+# The feed_type codes both engines accept from numpy: the tensor table's dtypes, INT16 aside.
+FEED_DTYPES = {code: dtype for code, dtype in DTYPE_OF.items() if code != ElemType.INT16}
 
 
 def _shape_text(var: FeedVar) -> str:

@@ -3,9 +3,8 @@
 import numpy as np
 from paddle import inference
 
-from export.errors import WeightsError
-from export.inference_io import find_program
 from serving.errors import InitError
+from serving.model_files import find_program
 from serving.predictor.settings import PredictorSettings, summary
 from serving.proto.general_model_config_pb2 import FeedVar, FetchVar
 
@@ -93,8 +92,8 @@ class PaddleEngine:
             config = inference.Config(str(program), str(params))
             apply_settings(config, self._settings, gpu_id)
             predictor = inference.create_predictor(config)
-        except WeightsError as exc:
-            raise InitError(str(exc)) from exc
+        except InitError:
+            raise
         except Exception as exc:
             raise InitError(f"cannot create the Paddle Inference predictor for {self._settings.model_dir} on "
                             f"{where}: {summary(exc)}") from exc

@@ -5,13 +5,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from clients.brpc_client import BrpcError, Client, PredictError
 from serving.context import RequestContext
 from serving.errors import DeadlineExceededError, ErrorCode, ServingError
 from serving.model_config import read_config
 from serving.proto import general_model_service_pb2 as gm
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.protocols.baidu_std import BrpcCode
+from serving.protocols.brpc_channel import BrpcError
+from serving.protocols.brpc_model_client import Client, PredictError
 from serving.security import SecurityConfig
 from serving.tensors import to_array, to_tensor
 

@@ -50,11 +50,6 @@ def summary(exc: BaseException, limit: int = 300) -> str:
     return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
-def _fail(path: str, value: object, allowed: str) -> None:
-    """Raise the kit's standard config error (same wording as serving.config)."""
-    raise ConfigError(f"config {path} = {value!r}: {allowed}")
-
-
 def device_of(conf: LocalServiceConf) -> str:
     """Paddle Serving's device_type (-1 means: GPU when `devices` names cards, else CPU) as a device name."""
     if conf.device_type == -1:
@@ -79,11 +74,13 @@ def given_shapes(info: dict, path: str) -> dict[str, ShapeRange]:
     for name in sorted(set().union(*parts)):
         shapes = [part.get(name) for part in parts]
         if any(shape is None for shape in shapes) or len({len(shape) for shape in shapes}) != 1:
-            _fail(f"{path}.dynamic_shape_info.{name}", shapes, "give min_input_shape, opt_input_shape and "
+            raise ConfigError.invalid(f"{path}.dynamic_shape_info.{name}", shapes,
+                                      "give min_input_shape, opt_input_shape and "
                   "max_input_shape for it, all of the same rank")
         low, opt, high = ([int(dim) for dim in shape] for shape in shapes)
         if not all(a <= b <= c for a, b, c in zip(low, opt, high, strict=True)):
-            _fail(f"{path}.dynamic_shape_info.{name}", shapes, "need min <= opt <= max in every dimension")
+            raise ConfigError.invalid(f"{path}.dynamic_shape_info.{name}", shapes,
+                                      "need min <= opt <= max in every dimension")
         ranges[name] = (low, opt, high)
     return ranges
 
@@ -94,7 +91,8 @@ def dynamic_shapes(model_config: GeneralModelConfig, max_batch_size: int, info: 
     shapes = {**derived_shapes(model_config, max_batch_size), **given_shapes(info or {}, path)}
     for var in model_config.feed_var:
         if var.name not in shapes:
-            _fail(f"{path}.dynamic_shape_info", info, f"feed {var.name!r} has variable dims {list(var.shape)}; "
+            raise ConfigError.invalid(f"{path}.dynamic_shape_info", info,
+                                      f"feed {var.name!r} has variable dims {list(var.shape)}; "
                   "TensorRT needs its min/opt/max shapes from the op's set_dynamic_shape_info")
     return shapes
 
@@ -105,9 +103,11 @@ def engine_of(conf: LocalServiceConf, device: str, path: str) -> str:
     if conf.engine == "auto":
         return "onnxruntime" if device == "cpu" and has_onnx else "paddle"
     if conf.engine == "onnxruntime" and device != "cpu":
-        _fail(f"{path}.engine", conf.engine, "ONNX Runtime runs on CPU here; GPU and TensorRT use engine paddle")
+        raise ConfigError.invalid(f"{path}.engine", conf.engine,
+                                  "ONNX Runtime runs on CPU here; GPU and TensorRT use engine paddle")
     if conf.engine == "onnxruntime" and not has_onnx:
-        _fail(f"{path}.engine", conf.engine, f"no {ONNX_FILE} in {conf.model_config}; export with --onnx")
+        raise ConfigError.invalid(f"{path}.engine", conf.engine,
+                                  f"no {ONNX_FILE} in {conf.model_config}; export with --onnx")
     return conf.engine
 
 
@@ -116,14 +116,16 @@ def check_against_model(conf: LocalServiceConf, model_config: GeneralModelConfig
     known = {var.alias_name for var in model_config.fetch_var} | {var.name for var in model_config.fetch_var}
     for name in conf.fetch_list or []:
         if name not in known:
-            _fail(f"{path}.fetch_list", conf.fetch_list, f"{name!r} is not a fetch of the model; it has "
+            raise ConfigError.invalid(f"{path}.fetch_list", conf.fetch_list,
+                                      f"{name!r} is not a fetch of the model; it has "
                   + ", ".join(f"{var.alias_name} (name {var.name})" for var in model_config.fetch_var))
     if conf.use_calib and (conf.precision != "int8" or device_of(conf) != "tensorrt"):
-        _fail(f"{path}.use_calib", conf.use_calib, "calibration needs precision int8 with device_type 2 (TensorRT)")
+        raise ConfigError.invalid(f"{path}.use_calib", conf.use_calib,
+                                  "calibration needs precision int8 with device_type 2 (TensorRT)")
     if conf.precision == "int8" and device_of(conf) != "tensorrt":
-        _fail(f"{path}.precision", conf.precision, "int8 runs on TensorRT only: set device_type 2")
+        raise ConfigError.invalid(f"{path}.precision", conf.precision, "int8 runs on TensorRT only: set device_type 2")
     if conf.precision == "bf16" and not conf.use_mkldnn:
-        _fail(f"{path}.precision", conf.precision, "bf16 runs on oneDNN: set use_mkldnn: true")
+        raise ConfigError.invalid(f"{path}.precision", conf.precision, "bf16 runs on oneDNN: set use_mkldnn: true")
 
 
 def settings_from_conf(conf: LocalServiceConf, model_config: GeneralModelConfig, dynamic_shape_info: dict | None = None,

@@ -5,10 +5,11 @@ import numpy as np
 from serving.dataplane import PipelineRequest, PipelineResponse
 from serving.errors import InputError
 from serving.proto import pipeline_service_pb2 as pb
+from serving.tensors import REPEATED
 
-# Tensor.elem_type -> (numpy dtype, proto field) for the types a pipeline request carries.
-_TENSOR_FIELDS = {0: (np.int64, "int64_data"), 1: (np.float32, "float_data"), 2: (np.int32, "int_data"),
-                  3: (np.float64, "float64_data"), 9: (np.bool_, "bool_data")}
+# The pipeline Tensor carries the repeated-field types with GeneralModelService's codes and field names.
+_TENSOR_FIELDS = REPEATED
+PIPELINE_STRING = 12  # the pipeline proto's own code for str_data
 
 
 def _strings(body: dict, key: str) -> list[str]:
@@ -45,11 +46,11 @@ def response_to_json(response: PipelineResponse) -> dict:
 
 
 def _tensor_array(tensor: pb.Tensor) -> np.ndarray:
-    if tensor.elem_type == 12:
+    if tensor.elem_type == PIPELINE_STRING:
         return np.array(list(tensor.str_data), dtype=object).reshape(tuple(tensor.shape) or (-1,))
     if tensor.elem_type not in _TENSOR_FIELDS:
         raise InputError(f"tensor {tensor.name!r}: elem_type {tensor.elem_type} is not supported; "
-                         f"use one of {sorted(_TENSOR_FIELDS)} or 12 (STRING)")
+                         f"use one of {sorted(_TENSOR_FIELDS)} or {PIPELINE_STRING} (STRING)")
     dtype, field = _TENSOR_FIELDS[tensor.elem_type]
     data = np.asarray(getattr(tensor, field), dtype=dtype)
     try:

@@ -6,6 +6,7 @@ import itertools
 import ssl
 from enum import IntEnum
 
+from serving.proto import general_model_service_pb2 as gm
 from serving.proto.brpc_meta_pb2 import RpcMeta
 from serving.protocols.baidu_std import (
     DEFAULT_MAX_BODY,
@@ -19,7 +20,7 @@ from serving.protocols.baidu_std import (
     read_frame,
 )
 
-SERVICE = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
+SERVICE = gm.DESCRIPTOR.services_by_name["GeneralModelService"].full_name  # from the .proto
 
 
 class ClientCode(IntEnum):
