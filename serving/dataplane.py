@@ -100,7 +100,7 @@ class DataPlane:
     def infer(self, request: PipelineRequest, protocol: str) -> PipelineResponse:
         """Run one request; never raises. Counts it in the metrics by protocol and err_no."""
         started = time.perf_counter()
-        metrics.INFLIGHT.inc(protocol=protocol)
+        metrics.INFLIGHT.labels(protocol=protocol).inc()
         with self._idle:
             self._inflight += 1
             inflight = self._inflight
@@ -119,12 +119,12 @@ class DataPlane:
             if response.err_no >= 10000:
                 log.exception("logid %s: unexpected error", request.logid)
         finally:
-            metrics.INFLIGHT.inc(-1, protocol=protocol)
+            metrics.INFLIGHT.labels(protocol=protocol).dec()
             with self._idle:
                 self._inflight -= 1
                 self._idle.notify_all()
         elapsed = time.perf_counter() - started
-        metrics.REQUESTS.inc(protocol=protocol, err_no=response.err_no)
-        metrics.LATENCY.observe(elapsed, protocol=protocol)
+        metrics.REQUESTS.labels(err_no=response.err_no, protocol=protocol).inc()
+        metrics.LATENCY.labels(protocol=protocol).observe(elapsed)
         request_line(log, request.logid, protocol, response.err_no, elapsed)
         return response

@@ -48,8 +48,8 @@ class ModelService:
         started = time.perf_counter()
         response = self._answer(request)
         elapsed = time.perf_counter() - started
-        metrics.REQUESTS.inc(protocol=protocol, err_no=response.err_no)
-        metrics.LATENCY.observe(elapsed, protocol=protocol)
+        metrics.REQUESTS.labels(err_no=response.err_no, protocol=protocol).inc()
+        metrics.LATENCY.labels(protocol=protocol).observe(elapsed)
         request_line(log, request.log_id, protocol, response.err_no, elapsed)
         return response
 

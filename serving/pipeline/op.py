@@ -117,12 +117,12 @@ class Op:
 
     def _timed(self, stage: str, started: float) -> float:
         now = time.perf_counter()
-        metrics.STAGE.observe(now - started, op=self.name, stage=stage)
+        metrics.STAGE.labels(op=self.name, stage=stage).observe(now - started)
         return now
 
     def _predict(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The predictor call, with its batch size counted."""
-        metrics.BATCH.observe(len(next(iter(feed.values()))), op=self.name)
+        metrics.BATCH.labels(op=self.name).observe(len(next(iter(feed.values()))))
         if self.remote:  # the model server gets the caller's log_id and what is left of the request's time
             return self.predictor.predict(feed, self.fetch_names, deadline=getattr(self._request, "deadline", None),
                                           log_id=getattr(self._request, "log_id", 0))
