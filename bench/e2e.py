@@ -57,8 +57,7 @@ def _measure_protocol(where: tuple[str, str, str, str], payloads: Payloads, args
     rows = []
     for concurrency in args.concurrency:
         bar.set_description(f"{target}/{protocol} c={concurrency}")
-        # /metrics are per process: with worker processes two scrapes may come from different workers
-        before = scrape(metrics_endpoint) if concurrency == 1 and target != "pipeline_procs" else None
+        before = scrape(metrics_endpoint) if concurrency == 1 else None  # worker processes report their sum
         result = drive(target, protocol, endpoint, payloads, concurrency, args.seconds)
         rows.append(result_row((target, protocol, concurrency), result, args.images, ceiling_ips))
         if before is not None:

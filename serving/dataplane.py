@@ -95,7 +95,7 @@ class DataPlane(Generic[Req, Resp]):
         caller_ms = ctx.remaining_ms()
         if self.budget_ms > 0:
             ctx = ctx.within(self.budget_ms)
-        metrics.INFLIGHT.inc(protocol=ctx.protocol)
+        metrics.INFLIGHT.labels(protocol=ctx.protocol).inc()
         with self._idle:
             self._inflight += 1
             inflight = self._inflight
@@ -114,14 +114,14 @@ class DataPlane(Generic[Req, Resp]):
             if error_of(exc)[0] >= 10000:
                 log.exception("logid %s: unexpected error", ctx.log_id)
         finally:
-            metrics.INFLIGHT.inc(-1, protocol=ctx.protocol)
+            metrics.INFLIGHT.labels(protocol=ctx.protocol).dec()
             with self._idle:
                 self._inflight -= 1
                 self._idle.notify_all()
         elapsed = time.perf_counter() - started
         err_no = answer.response.err_no
-        metrics.REQUESTS.inc(protocol=ctx.protocol, err_no=err_no)
-        metrics.LATENCY.observe(elapsed, protocol=ctx.protocol)
+        metrics.REQUESTS.labels(err_no=err_no, protocol=ctx.protocol).inc()
+        metrics.LATENCY.labels(protocol=ctx.protocol).observe(elapsed)
         request_line(log, ctx.log_id, ctx.protocol, err_no, elapsed, caller_ms)
         return answer
 

@@ -1,118 +1,109 @@
-"""A small Prometheus registry: counters, gauges and histograms with labels, rendered as text format 0.0.4."""
+"""Prometheus metrics on prometheus_client: one registry in a single process, merged files across worker processes.
+
+A worker of build_dag_each_worker starts with PROMETHEUS_MULTIPROC_DIR in its environment (WorkerPool sets it
+before the worker imports prometheus_client): every metric then lives in per-process files in that directory,
+and render() merges the files of all workers, so `/metrics` on a shared port reports the whole pool whichever
+worker answers the scrape. A single-process server uses a normal registry with the library's process, platform
+and GC collectors.
+"""
 
 import os
 import threading
-from collections.abc import Callable
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROCESS = MULTIPROC_DIR_ENV in os.environ  # as prometheus_client decides, at import
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
+PROCESS_SAMPLE_S = 5.0
 
-Labels = tuple[tuple[str, str], ...]
+disable_created_metrics()  # no *_created series: multiprocess files have none, so both modes expose the same names
 
+REGISTRY = CollectorRegistry()
+if not MULTIPROCESS:
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        REGISTRY.register(collector)
 
-def _labels(labels: dict[str, object]) -> Labels:
-    return tuple(sorted((key, str(value)) for key, value in labels.items()))
-
-
-def _render_labels(labels: Labels, extra: tuple[tuple[str, str], ...] = ()) -> str:
-    items = labels + extra
-    return "{" + ",".join(f'{key}="{value}"' for key, value in items) + "}" if items else ""
-
-
-class Counter:
-    """Monotonic totals by label set."""
-
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str) -> None:
-        self.name, self.help, self._values, self._lock = name, help_text, {}, threading.Lock()
-
-    def inc(self, amount: float = 1.0, **labels: object) -> None:
-        """Add to one label set's total."""
-        key = _labels(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def samples(self) -> list[str]:
-        """Text-format lines."""
-        with self._lock:
-            return [f"{self.name}{_render_labels(key)} {value:g}" for key, value in sorted(self._values.items())]
+REQUESTS = Counter("serving_requests_total", "Requests answered, by protocol and err_no.", ("err_no", "protocol"),
+                   registry=REGISTRY)
+LATENCY = Histogram("serving_request_seconds", "End-to-end request latency in the server, by protocol.",
+                    ("protocol",), buckets=LATENCY_BUCKETS, registry=REGISTRY)
+STAGE = Histogram("serving_stage_seconds", "Time per op stage (queue, preprocess, process, postprocess), by op.",
+                  ("op", "stage"), buckets=LATENCY_BUCKETS, registry=REGISTRY)
+BATCH = Histogram("serving_batch_size", "Rows per predictor call, by op.", ("op",), buckets=BATCH_BUCKETS,
+                  registry=REGISTRY)
+INFLIGHT = Gauge("serving_inflight_requests", "Requests being answered now, by protocol.", ("protocol",),
+                 multiprocess_mode="livesum", registry=REGISTRY)
+QUEUE = Gauge("serving_op_queue_depth", "Requests waiting for a thread of the op, by op.", ("op",),
+              multiprocess_mode="livesum", registry=REGISTRY)
 
 
-class Gauge(Counter):
-    """A value that goes up and down, or is read from a callback at scrape time."""
+class ProcessSampler:
+    """Per-worker CPU, memory, file descriptors and GC in multiprocess mode, as `liveall` gauges (one series per pid).
 
-    kind = "gauge"
+    The library's ProcessCollector and GCCollector run at scrape time in the scraping process only, so in
+    multiprocess mode they would describe whichever worker answered (its docs: custom collectors do not work).
+    Instead each worker copies their samples into gauges of the same names: a CPU-seconds or RSS sum over workers
+    would hide the one worker that spins or leaks, so the mode is `liveall`, which adds the pid label itself and
+    drops a worker's series when the supervisor marks it dead. Every worker samples itself every
+    PROCESS_SAMPLE_S from a thread (no process can read another's GC counts, and a stuck worker is the one
+    that would never answer a scrape), and the answering worker once more at scrape time. Being gauges, the
+    *_total names among them are typed gauge here, counter in a single process.
+    """
 
-    def __init__(self, name: str, help_text: str, read: Callable[[], float] | None = None) -> None:
-        super().__init__(name, help_text)
-        self._read = read
-
-    def samples(self) -> list[str]:
-        """Text-format lines; a callback gauge is read now."""
-        if self._read is not None:
-            return [f"{self.name} {self._read():g}"]
-        return super().samples()
-
-
-class Histogram:
-    """Cumulative buckets, sum and count by label set."""
-
-    kind = "histogram"
-
-    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]) -> None:
-        self.name, self.help, self.buckets = name, help_text, buckets
-        self._series: dict[Labels, list[float]] = {}
+    def __init__(self) -> None:
+        self._source = CollectorRegistry()
+        self._source.register(PROCESS_COLLECTOR)
+        self._source.register(GC_COLLECTOR)
+        self._gauges: dict[str, Gauge] = {}
         self._lock = threading.Lock()
 
-    def observe(self, value: float, **labels: object) -> None:
-        """Count one observation."""
-        key = _labels(labels)
+    def sample(self) -> None:
+        """Copy this process's current process_* and python_gc_* samples into its multiprocess gauges."""
         with self._lock:
-            series = self._series.setdefault(key, [0.0] * (len(self.buckets) + 2))
-            for index, bound in enumerate(self.buckets):
-                if value <= bound:
-                    series[index] += 1
-            series[-2] += value
-            series[-1] += 1
+            for family in self._source.collect():
+                for sample in family.samples:
+                    gauge = self._gauges.get(sample.name)
+                    if gauge is None:
+                        gauge = self._gauges[sample.name] = Gauge(
+                            sample.name, family.documentation, tuple(sample.labels), multiprocess_mode="liveall",
+                            registry=None)
+                    (gauge.labels(**sample.labels) if sample.labels else gauge).set(sample.value)
 
-    def samples(self) -> list[str]:
-        """Text-format lines: _bucket (with +Inf), _sum, _count."""
-        lines = []
-        with self._lock:
-            for key, series in sorted(self._series.items()):
-                for bound, count in zip(self.buckets, series, strict=False):
-                    lines.append(f"{self.name}_bucket{_render_labels(key, (('le', f'{bound:g}'),))} {count:g}")
-                lines.append(f"{self.name}_bucket{_render_labels(key, (('le', '+Inf'),))} {series[-1]:g}")
-                lines.append(f"{self.name}_sum{_render_labels(key)} {series[-2]:g}")
-                lines.append(f"{self.name}_count{_render_labels(key)} {series[-1]:g}")
-        return lines
+    def run(self, stop: threading.Event) -> None:
+        """Sample every PROCESS_SAMPLE_S until `stop` is set."""
+        while not stop.wait(PROCESS_SAMPLE_S):
+            self.sample()
 
 
-def resident_bytes() -> float:
-    """This process's RSS from /proc (0 where there is no /proc)."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return float(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0.0
+_SAMPLER = ProcessSampler() if MULTIPROCESS else None
 
 
-REQUESTS = Counter("serving_requests_total", "Requests answered, by protocol and err_no.")
-LATENCY = Histogram("serving_request_seconds", "End-to-end request latency in the server, by protocol.",
-                    LATENCY_BUCKETS)
-STAGE = Histogram("serving_stage_seconds", "Time per op stage (preprocess, process, postprocess), by op.",
-                  LATENCY_BUCKETS)
-BATCH = Histogram("serving_batch_size", "Rows per predictor call, by op.", BATCH_BUCKETS)
-INFLIGHT = Gauge("serving_inflight_requests", "Requests being answered now, by protocol.")
-QUEUE = Gauge("serving_op_queue_depth", "Requests waiting for a thread of the op, by op.")
-RSS = Gauge("process_resident_memory_bytes", "Resident memory of this process.", resident_bytes)
-ALL = (REQUESTS, LATENCY, STAGE, BATCH, INFLIGHT, QUEUE, RSS)
+def start_process_sampler(stop: threading.Event) -> None:
+    """In a multiprocess worker: sample now (so a ready worker already has its series), then periodically."""
+    if _SAMPLER is not None:
+        _SAMPLER.sample()
+        threading.Thread(target=_SAMPLER.run, args=(stop,), name="process-metrics", daemon=True).start()
 
 
-def render() -> str:
-    """The whole registry in Prometheus text format."""
-    lines = []
-    for metric in ALL:
-        lines += [f"# HELP {metric.name} {metric.help}", f"# TYPE {metric.name} {metric.kind}", *metric.samples()]
-    return "\n".join(lines) + "\n"
+def render() -> bytes:
+    """Every metric in Prometheus text format 0.0.4; in multiprocess mode the merge of all workers' files."""
+    if _SAMPLER is None:
+        return generate_latest(REGISTRY)
+    _SAMPLER.sample()
+    registry = CollectorRegistry()  # per scrape, as the library's docs ask: never one with metrics registered
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)

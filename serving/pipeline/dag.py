@@ -114,15 +114,15 @@ class Dag:
                 raise OverloadedError(f"op {op.name}: {limit} requests already wait for it (limits.max_queue); "
                                       "retry later or on another instance")
             self._queued[op.name] += 1
-            metrics.QUEUE.inc(op=op.name)
+            metrics.QUEUE.labels(op=op.name).inc()
         return self._pools[op.name].submit(self._started, op, inputs, data_id, ctx, time.perf_counter())
 
     def _started(self, op: Op, inputs: dict, data_id: int, ctx: RequestContext, queued: float) -> dict:
         """A thread took the request off the op's queue: count it out, time the wait, run the op."""
         with self._lock:
             self._queued[op.name] -= 1
-            metrics.QUEUE.inc(-1, op=op.name)
-        metrics.STAGE.observe(time.perf_counter() - queued, op=op.name, stage="queue")
+            metrics.QUEUE.labels(op=op.name).dec()
+        metrics.STAGE.labels(op=op.name, stage="queue").observe(time.perf_counter() - queued)
         return op.run(inputs, data_id, ctx)
 
     def _result(self, op: Op, future: Future, outputs: dict, data_id: int, ctx: RequestContext) -> dict:

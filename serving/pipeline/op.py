@@ -122,12 +122,12 @@ class Op:
 
     def _timed(self, stage: str, started: float) -> float:
         now = time.perf_counter()
-        metrics.STAGE.observe(now - started, op=self.name, stage=stage)
+        metrics.STAGE.labels(op=self.name, stage=stage).observe(now - started)
         return now
 
     def _predict(self, feed: dict[str, np.ndarray], ctx: RequestContext) -> dict[str, np.ndarray]:
         """The predictor call, with its batch size counted; ctx carries the log id and deadline to it."""
-        metrics.BATCH.observe(len(next(iter(feed.values()))), op=self.name)
+        metrics.BATCH.labels(op=self.name).observe(len(next(iter(feed.values()))))
         return self.predictor.predict(feed, self.fetch_names, ctx)
 
     def metadata(self) -> dict:

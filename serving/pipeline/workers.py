@@ -5,14 +5,22 @@ once for all workers), spawns the workers, and waits until every one reports rea
 new connections over the workers' listening sockets; when a worker dies its connections are reset at
 once (clients see an error, never a hang), the kernel stops routing to it, and the supervisor starts a
 replacement.
+
+The workers' metrics live in a private directory that the supervisor creates at start and removes at stop:
+each worker finds it in PROMETHEUS_MULTIPROC_DIR from its first instruction, so its prometheus_client writes
+per-process files there and `/metrics` on the shared port merges every worker's. A dead worker is marked
+dead there, which drops its live gauges (in flight, queue depth, process metrics) while its counters stay in
+the sums.
 """
 
 import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +28,9 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
+from prometheus_client import multiprocess
+
+from serving import metrics
 from serving.config import ServiceConfig
 from serving.errors import InitError
 from serving.logs import setup_logging
@@ -32,6 +43,7 @@ log = logging.getLogger("serving.workers")
 
 START_TIMEOUT_S = 600.0
 MAX_BACKOFF_S = 30.0
+_SPAWN_ENV = threading.Lock()  # the workers' environment is this process's while it spawns: one spawn at a time
 
 
 def reserve_port(port: int) -> tuple[socket.socket, int]:
@@ -67,6 +79,7 @@ def _worker_main(spec: WorkerSpec, conn: Connection) -> None:
     except Exception as exc:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         raise SystemExit(2) from None
+    metrics.start_process_sampler(stopped)
     conn.send(("ready", os.getpid()))
     threading.Thread(target=_watch_supervisor, args=(conn, stopped), daemon=True).start()
     stopped.wait()
@@ -103,6 +116,7 @@ class WorkerPool:
         self._context = multiprocessing.get_context("spawn")
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+        self.metrics_dir: str | None = None
 
     @property
     def pids(self) -> list[int]:
@@ -111,6 +125,7 @@ class WorkerPool:
 
     def start(self) -> None:
         """Spawn every worker and wait until all are ready; a worker that fails to start fails the whole start."""
+        self.metrics_dir = tempfile.mkdtemp(prefix="serving-metrics-")
         for worker in self.workers:
             self._spawn(worker)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -127,7 +142,16 @@ class WorkerPool:
         parent, child = self._context.Pipe()
         process = self._context.Process(target=_worker_main, args=(self.spec, child),
                                         name=f"pipeline-worker-{worker.slot}", daemon=False)
-        process.start()
+        with _SPAWN_ENV:  # a spawned child inherits os.environ as it is now, and reads the variable at import
+            previous = os.environ.get(metrics.MULTIPROC_DIR_ENV)
+            os.environ[metrics.MULTIPROC_DIR_ENV] = self.metrics_dir
+            try:
+                process.start()
+            finally:
+                if previous is None:
+                    del os.environ[metrics.MULTIPROC_DIR_ENV]
+                else:
+                    os.environ[metrics.MULTIPROC_DIR_ENV] = previous
         child.close()
         worker.process, worker.conn, worker.started, worker.ready = process, parent, time.monotonic(), False
         worker.restart_at = None
@@ -158,6 +182,7 @@ class WorkerPool:
         """One slot's state machine: running -> dead (schedule a restart) -> spawned -> ready."""
         if worker.process is not None and not worker.process.is_alive():
             worker.process.join()
+            multiprocess.mark_process_dead(worker.process.pid, self.metrics_dir)
             crashed_at_start = not worker.ready  # a crash loop backs off; a worker that served restarts at once
             worker.backoff_s = min(max(worker.backoff_s * 2, 1.0), MAX_BACKOFF_S) if crashed_at_start else 0.0
             log.error("worker %d (pid %s) died with exit code %s; restarting in %.1f s", worker.slot,
@@ -197,3 +222,6 @@ class WorkerPool:
                 worker.process.join()
             if worker.conn is not None:
                 worker.conn.close()
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            self.metrics_dir = None

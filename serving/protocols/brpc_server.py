@@ -205,7 +205,7 @@ class BrpcServer:
     def _get(self, path: str) -> tuple[int, bytes, str]:
         """Probes and the scraper need no token: /health and /ready (the model is loaded before the port opens)."""
         if path == "/metrics":
-            return 200, metrics.render().encode(), "text/plain; version=0.0.4"
+            return 200, metrics.render(), metrics.CONTENT_TYPE
         if path in ("/health", "/ready"):
             return 200, b'{"status": "ok"}', "application/json"
         return 404, HttpError(404, f"no GET {path}; try /health, /ready or /metrics").body(), "application/json"

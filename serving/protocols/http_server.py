@@ -217,7 +217,7 @@ class PipelineApp:
         if path == "/metadata" and not self._authorized(request):
             return self._answer(PipelineResponse.from_error(DENIED), http_status_of(DENIED))
         if path == "/metrics":
-            return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+            return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
         ready = self.dataplane.ready or path == "/health"
         body = self.dataplane.metadata if path == "/metadata" else {"status": "ok" if ready else "loading"}
         return JSONResponse(body, status_code=200 if ready else 503)
