@@ -65,7 +65,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_inflight", type=int, default=256,
                         help="requests answered at once; beyond it: ELIMIT / RESOURCE_EXHAUSTED / HTTP 503")
     parser.add_argument("--log_format", choices=FORMATS, help="text (default) or json lines; or $SERVING_LOG_FORMAT")
-    parser.add_argument("--idle_timeout_s", type=float, default=60.0, help="close connections idle this long")
+    parser.add_argument("--max_connections", type=int, default=LimitsConfig.max_connections,
+                        help="open connections on --port, baidu_std and HTTP together; beyond: HTTP 503, or closed")
+    parser.add_argument("--client_timeout_ms", type=int, default=LimitsConfig.client_timeout_ms,
+                        help="for an HTTP request's head and body to arrive, from its first byte; beyond: HTTP 408")
+    idle = parser.add_mutually_exclusive_group()
+    idle.add_argument("--keepalive_timeout_ms", type=int, default=LimitsConfig.keepalive_timeout_ms,
+                      help="close a connection with no request (or frame) arriving this long")
+    idle.add_argument("--idle_timeout_s", type=float, help="the same in seconds (the earlier flag)")
     parser.add_argument("--tls_cert", default="", help="PEM certificate: every port speaks TLS (with --tls_key)")
     parser.add_argument("--tls_key", default="", help="PEM private key of --tls_cert (unencrypted)")
     parser.add_argument("--auth_token_env", default="",
@@ -103,9 +110,12 @@ def build_service(args: argparse.Namespace) -> ModelService:
 
 def limits_from_args(args: argparse.Namespace) -> LimitsConfig:
     """The limit flags, checked like config.yml's `limits`."""
+    keepalive_ms = args.keepalive_timeout_ms if args.idle_timeout_s is None else round(args.idle_timeout_s * 1000)
     limits = LimitsConfig(max_body_bytes=args.max_body_bytes, max_image_pixels=args.max_image_pixels,
                           max_request_pixels=args.max_request_pixels,
-                          max_images_per_request=args.max_images_per_request, max_inflight=args.max_inflight)
+                          max_images_per_request=args.max_images_per_request, max_inflight=args.max_inflight,
+                          max_connections=args.max_connections, client_timeout_ms=args.client_timeout_ms,
+                          keepalive_timeout_ms=keepalive_ms)
     limits.validate("--flags")
     return limits
 
@@ -116,7 +126,11 @@ class ModelServer:
     def __init__(self, service: ModelService, args: argparse.Namespace) -> None:
         self.args = args
         self.security = security_from_args(args)
-        limits = ServerLimits(max_body_bytes=args.max_body_bytes, idle_timeout_s=args.idle_timeout_s)
+        checked = limits_from_args(args)
+        limits = ServerLimits(max_body_bytes=checked.max_body_bytes,
+                              idle_timeout_s=checked.keepalive_timeout_ms / 1000,
+                              max_connections=checked.max_connections,
+                              client_timeout_s=checked.client_timeout_ms / 1000)
         self.dataplane = DataPlane(service, args.max_inflight, inflight_setting="--max_inflight")
         self.brpc = BrpcServer([rpc_service(self.dataplane)], http_routes(self.dataplane), args.max_inflight + 1,
                                limits, security=self.security)  # one thread more than admitted, to refuse at once

@@ -13,12 +13,15 @@ from serving.errors import AuthError, BrpcCode, InputError, http_status_of, wire
 from serving.proto.brpc_meta_pb2 import RpcMeta
 from serving.protocols import baidu_std
 from serving.protocols.baidu_std import Frame, FrameError
-from serving.protocols.http1 import HttpError, HttpRequest, read_request, write_response
+from serving.protocols.http_common import error_response
+from serving.protocols.http_stream import CONTINUE, HttpError, HttpRequest, RequestReader, write_response
 from serving.security import BRPC_HINT, HANDSHAKE_TIMEOUT_S, HTTP_HINT, SecurityConfig, server_ssl_context, token_check
 
 log = logging.getLogger("serving.brpc")
 DENIED = AuthError(HTTP_HINT)
 HTTP_DENIED = json.dumps({"err_no": int(DENIED.code), "err_msg": DENIED.message}).encode()  # the 401 body
+PROBES = ("/health", "/ready", "/metrics")
+OVER_CAPACITY_WAIT_S = 1.0  # beyond max_connections, how long the first bytes may take to tell the protocol
 
 # A method takes the decompressed payload, the attachment and the request's context; returns payload and attachment.
 Method = Callable[[bytes, bytes, RequestContext], tuple[bytes, bytes]]
@@ -45,7 +48,9 @@ class ServerLimits:
     """Bounds per connection and request."""
 
     max_body_bytes: int = baidu_std.DEFAULT_MAX_BODY
-    idle_timeout_s: float = 60.0
+    idle_timeout_s: float = 60.0  # a connection with no request (or frame) arriving is closed after it
+    max_connections: int = 10_000  # baidu_std and HTTP together
+    client_timeout_s: float = 30.0  # for an HTTP request's head and body to arrive, from its first byte
 
 
 class RpcError(Exception):
@@ -98,6 +103,9 @@ class BrpcServer:
         task = asyncio.current_task()
         self.connections[task] = writer
         try:
+            if len(self.connections) > self.limits.max_connections:
+                await self._refuse_connection(reader, writer)
+                return
             first = await asyncio.wait_for(reader.readexactly(4), self.limits.idle_timeout_s)
             if first == baidu_std.MAGIC:
                 await self._serve_baidu_std(reader, writer, first)
@@ -181,26 +189,68 @@ class BrpcServer:
             raise RpcError(code, str(exc) if code != BrpcCode.EINTERNAL
                            else f"internal error: {type(exc).__name__}: {exc}") from None
 
+    async def _refuse_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Beyond max_connections: HTTP gets 503 JSON, baidu_std a close; the first bytes tell which, as usual."""
+        try:
+            first = await asyncio.wait_for(reader.readexactly(4), min(OVER_CAPACITY_WAIT_S,
+                                                                      self.limits.client_timeout_s))
+        except asyncio.TimeoutError:
+            first = b""
+        if first != baidu_std.MAGIC:
+            writer.write(error_response(503, f"{len(self.connections) - 1} connections are open, the server's limit "
+                                             f"(--max_connections); retry later"))
+            await writer.drain()
+
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
-        """HTTP/1.1 keep-alive: POST /{Service}/{method} with JSON."""
+        """HTTP/1.1 keep-alive: POST /{Service}/{method} with JSON, GET probes; each request bounded in size, time."""
+        requests = RequestReader(reader, first, self.limits.max_body_bytes, self.limits.client_timeout_s)
         while True:
             try:
-                request = await asyncio.wait_for(read_request(reader, first, self.limits.max_body_bytes),
-                                                 self.limits.idle_timeout_s)
+                request = await requests.head(self.limits.idle_timeout_s)
+                if request is None:
+                    return
+                refusal = self._refusal(request)
+                if refusal is None:
+                    if request.expects_continue and not request.complete:
+                        writer.write(CONTINUE)
+                    await requests.body(request)
             except HttpError as exc:
-                await write_response(writer, exc.status, exc.body(), close=True)
+                await write_response(writer, exc.status, exc.body(), close=True, headers=exc.headers)
                 return
-            if request is None:
-                return
-            first = b""
-            if request.method == "GET":
-                status, body, kind = self._get(request.path.split("?", 1)[0].rstrip("/"))
-                await write_response(writer, status, body, request.close, kind)
+            requests.answered()
+            if refusal is not None:  # a body still on its way is not read: the connection closes after the answer
+                close = request.close or not request.complete
+                await write_response(writer, refusal.status, refusal.body(), close, headers=refusal.headers,
+                                     head_only=request.method == "HEAD")
             else:
-                status, body = await self._route(request, _peer(writer))
-                await write_response(writer, status, body, close=request.close)
-            if request.close:
+                close = request.close
+                await self._answer_http(request, writer)
+            if close:
                 return
+
+    def _refusal(self, request: HttpRequest) -> HttpError | None:
+        """What the head alone refuses: another HTTP version, another method (405 with Allow), an unknown path."""
+        path = request.path.split("?", 1)[0].rstrip("/")
+        if request.version not in ("1.0", "1.1"):
+            return HttpError(400, f"HTTP/{request.version} is not served here; use HTTP/1.1")
+        allowed = ("POST",) if path in self.routes else ("GET", "HEAD") if path in PROBES else None
+        if allowed is None and request.method not in ("GET", "HEAD", "POST"):
+            return HttpError(404, f"no {request.method} {path}; this port answers POST {sorted(self.routes)} "
+                                  f"and GET {', '.join(PROBES)}")
+        if allowed is not None and request.method not in allowed:
+            return HttpError(405, f"no {request.method} {path}: use {' or '.join(allowed)}",
+                             {"Allow": ", ".join(allowed)})
+        return None
+
+    async def _answer_http(self, request: HttpRequest, writer: asyncio.StreamWriter) -> None:
+        """GET (and HEAD) probes here, POST through `_route`."""
+        if request.method in ("GET", "HEAD"):
+            status, body, kind = self._get(request.path.split("?", 1)[0].rstrip("/"))
+            await write_response(writer, status, body, request.close, kind, head_only=request.method == "HEAD")
+            return
+        status, body = await self._route(request, _peer(writer))
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        await write_response(writer, status, body, request.close, headers=headers)
 
     def _get(self, path: str) -> tuple[int, bytes, str]:
         """Probes and the scraper need no token: /health and /ready (the model is loaded before the port opens)."""

@@ -19,6 +19,7 @@ from serving.model_service import SERVICE_NAME
 from serving.proto import general_model_service_pb2 as gm
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.protocols.brpc_server import Route, RpcService
+from serving.protocols.http_common import DEEP_JSON
 
 ModelDataPlane = DataPlane[gm.Request, gm.Response]
 
@@ -55,8 +56,7 @@ def http_routes(dataplane: ModelDataPlane) -> dict[str, Route]:
                                                                 f"{exc}")
             return 400, response_json(error)
         except RecursionError:
-            error = gm.Response(err_no=ErrorCode.INPUT, err_msg="JSON nests deeper than the parser's limit "
-                                                                "(about 1000 levels)")
+            error = gm.Response(err_no=ErrorCode.INPUT, err_msg=DEEP_JSON)
             return 400, response_json(error)
         answer = dataplane.infer(request, dataclasses.replace(ctx, log_id=request.log_id))
         return wire_status_of(answer.error).http_status, response_json(answer.response)

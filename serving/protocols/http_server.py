@@ -28,23 +28,14 @@ from serving.config import LimitsConfig
 from serving.context import TIMEOUT_HEADER, RequestContext, timeout_header_ms
 from serving.dataplane import DataPlane, PipelineResponse
 from serving.errors import AuthError, InputError, PayloadTooLargeError, ServiceNotFoundError, http_status_of
+from serving.protocols.http_common import DEEP_JSON, MAX_HEAD_BYTES, error_response
 from serving.protocols.pipeline_codec import request_from_json, response_to_json
 from serving.protocols.sockets import bound_socket
 from serving.security import HTTP_HINT, SecurityConfig, token_check
 
 log = logging.getLogger("serving.http")
 DENIED = AuthError(HTTP_HINT)
-MAX_HEAD_BYTES = 64 * 1024  # request line + headers
 OPERATIONS = ("/health", "/ready", "/metadata", "/metrics")
-
-
-def _json_bytes(status: int, message: str) -> bytes:
-    """A complete JSON error response for the protocol layer, where no application runs."""
-    body = json.dumps({"err_no": int(InputError.code), "err_msg": message}).encode()
-    reason = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large",
-              503: "Service Unavailable"}[status]
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n").encode() + body
 
 
 class JSONResponse(Response):
@@ -104,7 +95,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, message: str) -> None:
         if self.cycle is not None:
             self.cycle.disconnected = True  # the application must not answer on this connection any more
-        self.transport.write(_json_bytes(status, message))
+        self.transport.write(error_response(status, message))
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -184,8 +175,7 @@ class PipelineApp:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return self._answer(PipelineResponse.from_error(InputError(f"body is not JSON: {exc}")), status=400)
         except RecursionError:
-            error = InputError("JSON nests deeper than the parser's limit (about 1000 levels)")
-            return self._answer(PipelineResponse.from_error(error), status=400)
+            return self._answer(PipelineResponse.from_error(InputError(DEEP_JSON)), status=400)
         client = request.client.host if request.client else ""
         try:
             decoded = request_from_json(payload, request.path_params["name"], request.path_params["method"], client)
