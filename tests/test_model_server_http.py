@@ -180,7 +180,7 @@ def test_malformed_http_is_400_json_then_closed(server: ModelServer, request_: b
 def test_json_nested_too_deep_is_400(server: ModelServer) -> None:
     with connect(server) as sock:
         reply = exchange(sock, post(b"[" * 100_000))
-        assert reply.status == 400 and reply.json() == {"err_no": 5000, "err_msg": DEEP_JSON}
+        assert reply.status == 400 and (reply.json()["err_no"], reply.json()["err_msg"]) == (5000, DEEP_JSON)
         reply = exchange(sock, post(body()))  # the same connection goes on
         assert reply.status == 200 and reply.json()["err_no"] == 0
 
