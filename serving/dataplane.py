@@ -7,6 +7,7 @@ Answer back into their wire format; what is being served (the pipeline's DAG or 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -68,6 +69,7 @@ class DataPlane(Generic[Req, Resp]):
         self._inflight = 0
         self._closing = False
         self._idle = threading.Condition()
+        self._listeners: list[Callable[[bool], None]] = []
 
     @property
     def ready(self) -> bool:
@@ -83,6 +85,20 @@ class DataPlane(Generic[Req, Resp]):
         """Stop taking requests: new ones get err_no 3001; those running finish."""
         with self._idle:
             self._closing = True
+        self.announce()
+
+    def on_serving(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(serving)` now and on every announce, so health services follow loading and stopping."""
+        with self._idle:
+            self._listeners.append(listener)
+        listener(self.ready)
+
+    def announce(self) -> None:
+        """Tell the listeners whether requests are served now (after the endpoint became ready, and on close)."""
+        with self._idle:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(self.ready)
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until no request is running (True) or the timeout passes (False)."""

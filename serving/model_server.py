@@ -33,7 +33,7 @@ from serving.model_service import SERVICE_NAME, ModelService
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.protocols.brpc_server import BrpcServer, ServerLimits
 from serving.protocols.general_model import ModelServicer, http_routes, rpc_service
-from serving.protocols.health import add_health
+from serving.protocols.health import Health
 from serving.security import SecurityConfig, add_grpc_port, grpc_interceptors
 
 log = logging.getLogger("serving.model_server")
@@ -135,6 +135,7 @@ class ModelServer:
         self.brpc = BrpcServer([rpc_service(self.dataplane)], http_routes(self.dataplane), args.max_inflight + 1,
                                limits, security=self.security)  # one thread more than admitted, to refuse at once
         self.grpc: grpc.Server | None = None
+        self.health: Health | None = None
         self.servicer = ModelServicer(self.dataplane)
         self.loop = asyncio.new_event_loop()
         self.port = self.grpc_port = 0
@@ -150,9 +151,10 @@ class ModelServer:
                                     interceptors=grpc_interceptors(self.security),
                                     maximum_concurrent_rpcs=self.args.max_inflight)  # beyond: RESOURCE_EXHAUSTED
             gm_grpc.add_GeneralModelServiceServicer_to_server(self.servicer, self.grpc)
-            add_health(self.grpc, lambda: True, [SERVICE_NAME])
+            self.health = Health(self.grpc, [SERVICE_NAME])
             self.grpc_port = add_grpc_port(self.grpc, f"0.0.0.0:{self.args.grpc_port}", self.security)
             self.grpc.start()
+            self.dataplane.on_serving(self.health.follow)  # SERVING now (the model is loaded), NOT_SERVING on stop
         return self
 
     def stop(self) -> None:

@@ -136,11 +136,16 @@ def test_http_and_grpc_on_the_model_server(server: ModelServer, model_dir: Path)
 
 
 def test_grpc_health_on_the_model_server(server: ModelServer) -> None:
-    from serving.proto import health_pb2, health_pb2_grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in ("", SERVICE):
+            assert stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=10).status == \
+                health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as unknown:
+            stub.Check(health_pb2.HealthCheckRequest(service="GeneralModelService"), timeout=10)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def good_request_works(server: ModelServer) -> None:

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import queue
 import threading
 import time
 import urllib.error
@@ -10,11 +11,15 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pipelines.web_service import ImageService
 from serving.pipeline import Op, WebService
-from serving.proto import health_pb2, health_pb2_grpc
+from serving.proto import pipeline_service_pb2 as pb
+from serving.proto import pipeline_service_pb2_grpc as pb_grpc
 from tests.conftest import free_port, photo_bytes
+
+Status = health_pb2.HealthCheckResponse
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -74,6 +79,77 @@ def test_live_before_ready_then_ready() -> None:
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         starter.join(timeout=10)
+        service.stop()
+
+
+
+class GatedLoad(Op):
+    """Loads until the test opens the gate, so a Watch stream is surely open while the service loads."""
+
+    gate = threading.Event()
+
+    def init_op(self) -> None:
+        assert self.gate.wait(30)
+
+
+class GatedService(WebService):
+    def get_pipeline_response(self, read_op: Op) -> Op:
+        return GatedLoad(name="gated", input_ops=[read_op])
+
+
+def watch(channel: grpc.Channel, service: str) -> "queue.Queue[object]":
+    """Each status a Watch stream sends, then None when it ends (or its error code)."""
+    statuses: queue.Queue[object] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for reply in health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=service),
+                                                                    timeout=60):
+                statuses.put(reply.status)
+            statuses.put(None)
+        except grpc.RpcError as exc:
+            statuses.put(exc.code())
+
+    threading.Thread(target=read, daemon=True).start()
+    return statuses
+
+
+def test_watch_sees_loading_then_serving_then_stopping() -> None:
+    GatedLoad.gate.clear()
+    service = GatedService(name="gated")
+    service.prepare_pipeline_config(yml_dict={"rpc_port": 0})
+    starter = threading.Thread(target=service.start)
+    starter.start()
+    try:
+        deadline = time.monotonic() + 10
+        while service.rpc_port in (None, 0) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with grpc.insecure_channel(f"127.0.0.1:{service.rpc_port}") as channel:
+            streams = [watch(channel, name) for name in ("", "baidu.paddle_serving.pipeline_serving.PipelineService")]
+            assert [stream.get(timeout=10) for stream in streams] == [Status.NOT_SERVING] * 2
+            GatedLoad.gate.set()
+            starter.join(timeout=10)
+            assert [stream.get(timeout=10) for stream in streams] == [Status.SERVING] * 2
+            service.stop()
+            assert [stream.get(timeout=10) for stream in streams] == [Status.NOT_SERVING] * 2
+    finally:
+        GatedLoad.gate.set()
+        starter.join(timeout=10)
+        service.stop()
+
+
+def test_watch_streams_hold_no_worker_thread() -> None:
+    service = SlowService(name="slow")
+    service.prepare_pipeline_config(yml_dict={"rpc_port": 0, "worker_num": 1})
+    service.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{service.rpc_port}") as channel:
+            streams = [watch(channel, "") for _ in range(8)]
+            assert [stream.get(timeout=10) for stream in streams] == [Status.SERVING] * 8
+            reply = pb_grpc.PipelineServiceStub(channel).inference(pb.Request(key=["a"], value=["b"]), timeout=5)
+            assert reply.err_no == 0 and list(reply.value) == ["b"]
+            assert health(service.rpc_port) == Status.SERVING
+    finally:
         service.stop()
 
 

@@ -128,6 +128,7 @@ class WebService:
             _warn_inert_settings(self.config, self.dag)
             self.dag.start(lambda op: build_predictor(op, self.config))
             endpoint.attach(self.dag.run, {"service": self.name, "ops": self.dag.metadata()})
+            dataplane.announce()
             if reuse_port:
                 self._start_front_ends(dataplane, reuse_port)
         except BaseException:

@@ -9,7 +9,7 @@ from serving.dataplane import DataPlane, PipelineResponse
 from serving.errors import DeadlineExceededError, InputError
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
-from serving.protocols.health import add_health
+from serving.protocols.health import Health
 from serving.protocols.pipeline_codec import request_from_proto, response_to_proto
 from serving.security import SecurityConfig, add_grpc_port, grpc_interceptors
 
@@ -51,9 +51,10 @@ def start_grpc_server(dataplane: DataPlane, port: int, workers: int, max_message
                          interceptors=grpc_interceptors(security),
                          maximum_concurrent_rpcs=max_inflight)  # beyond it: RESOURCE_EXHAUSTED at once
     pb_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(dataplane), server)
-    add_health(server, lambda: dataplane.ready, [pb.DESCRIPTOR.services_by_name["PipelineService"].full_name])
+    health = Health(server, [pb.DESCRIPTOR.services_by_name["PipelineService"].full_name])
     bound = add_grpc_port(server, f"0.0.0.0:{port}", security)
     if bound == 0:
         raise OSError(f"cannot listen on rpc_port {port}")
+    dataplane.on_serving(health.follow)
     server.start()
     return server, bound

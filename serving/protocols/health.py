@@ -1,30 +1,27 @@
-"""gRPC `grpc.health.v1.Health/Check` for the gRPC ports (Watch is left UNIMPLEMENTED: it would pin a worker)."""
+"""gRPC `grpc.health.v1.Health` (Check and Watch) on the gRPC ports, from grpcio-health-checking.
 
-from collections.abc import Callable
+The library's servicer answers Watch without holding a worker thread per stream: its handler is
+`experimental_non_blocking`, returns at once, and each status change is sent by the thread that sets it.
+"""
 
 import grpc
-
-from serving.proto import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 Status = health_pb2.HealthCheckResponse
 
 
-class HealthServicer(health_pb2_grpc.HealthServicer):
-    """SERVING once `ready()` is true, NOT_SERVING before; "" names the whole server."""
+class Health:
+    """"The whole server (name "") and its services: NOT_SERVING until ready, SERVING, NOT_SERVING once stopping."""
 
-    def __init__(self, ready: Callable[[], bool], services: list[str]) -> None:
-        self.ready = ready
-        self.services = {"", *services}
+    def __init__(self, server: grpc.Server, services: list[str]) -> None:
+        self.servicer = health.HealthServicer()
+        self.names = ["", *services]
+        for name in self.names:
+            self.servicer.set(name, Status.NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
 
-    def Check(self, request: health_pb2.HealthCheckRequest,  # noqa: N802 - the proto's method name
-              context: grpc.ServicerContext) -> health_pb2.HealthCheckResponse:
-        """The standard answer; an unknown service name is NOT_FOUND, as the protocol says."""
-        if request.service not in self.services:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}; "
-                                                     f"known: {sorted(self.services)}")
-        return Status(status=Status.SERVING if self.ready() else Status.NOT_SERVING)
+    def follow(self, serving: bool) -> None:
+        """Every name SERVING or NOT_SERVING; each open Watch stream is sent the change."""
+        for name in self.names:
+            self.servicer.set(name, Status.SERVING if serving else Status.NOT_SERVING)
 
-
-def add_health(server: grpc.Server, ready: Callable[[], bool], services: list[str]) -> None:
-    """Register the health service beside the server's own."""
-    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(ready, services), server)
