@@ -29,8 +29,7 @@ serve: $(STAMP)
 
 # Regenerates serving/proto/*_pb2.py from the .proto files (committed; never edit them by hand).
 PROTOS := $(wildcard serving/proto/*.proto)
-SERVICE_PROTOS := serving/proto/pipeline_service.proto serving/proto/general_model_service.proto \
-                  serving/proto/health.proto
+SERVICE_PROTOS := serving/proto/pipeline_service.proto serving/proto/general_model_service.proto
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. $(PROTOS)
 	$(PY) -m grpc_tools.protoc -I. --grpc_python_out=. $(SERVICE_PROTOS)

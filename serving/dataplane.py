@@ -68,11 +68,26 @@ class DataPlane:
         self._inflight = 0
         self._closing = False
         self._idle = threading.Condition()
+        self._listeners: list[Callable[[bool], None]] = []
 
     def close(self) -> None:
         """Stop taking requests: new ones get err_no 3001; those running finish."""
         with self._idle:
             self._closing = True
+        self._announce()
+
+    def on_serving(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(serving)` now and whenever that changes, so health services follow loading and stopping."""
+        with self._idle:
+            self._listeners.append(listener)
+            serving = self._run is not None and not self._closing
+        listener(serving)
+
+    def _announce(self) -> None:
+        with self._idle:
+            serving, listeners = self._run is not None and not self._closing, list(self._listeners)
+        for listener in listeners:
+            listener(serving)
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until no request is running (True) or the timeout passes (False)."""
@@ -87,7 +102,9 @@ class DataPlane:
     def attach(self, run: Callable[[PipelineRequest], dict[str, str]], metadata: dict) -> None:
         """Start answering: the DAG is built and warmed up."""
         self.metadata = metadata
-        self._run = run
+        with self._idle:
+            self._run = run
+        self._announce()
 
     def check_route(self, name: str, method: str) -> None:
         """Only `/{service_name}/prediction` exists (gRPC clients may leave both empty); say which path does."""

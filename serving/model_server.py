@@ -31,7 +31,7 @@ from serving.model_config import SERVER_CONF, read_config
 from serving.model_service import SERVICE_NAME, ModelService, ModelServicer, http_routes, rpc_service
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.protocols.brpc_server import BrpcServer, ServerLimits
-from serving.protocols.health import add_health
+from serving.protocols.health import HealthServicer, add_health
 from serving.security import SecurityConfig, add_grpc_port, grpc_interceptors
 
 log = logging.getLogger("serving.model_server")
@@ -119,6 +119,7 @@ class ModelServer:
         self.brpc = BrpcServer([rpc_service(service)], http_routes(service), args.thread, limits,
                                security=self.security)
         self.grpc: grpc.Server | None = None
+        self.health: HealthServicer | None = None
         self.servicer = ModelServicer(service)
         self.loop = asyncio.new_event_loop()
         self.port = self.grpc_port = 0
@@ -134,13 +135,16 @@ class ModelServer:
                                     interceptors=grpc_interceptors(self.security),
                                     maximum_concurrent_rpcs=self.args.max_inflight)  # beyond: RESOURCE_EXHAUSTED
             gm_grpc.add_GeneralModelServiceServicer_to_server(self.servicer, self.grpc)
-            add_health(self.grpc, lambda: True, [SERVICE_NAME])
+            self.health = add_health(self.grpc, [SERVICE_NAME])
             self.grpc_port = add_grpc_port(self.grpc, f"0.0.0.0:{self.args.grpc_port}", self.security)
             self.grpc.start()
+            self.health.follow(True)  # the model is loaded before the server is built
         return self
 
     def stop(self) -> None:
-        """Stop listening, finish what is running."""
+        """gRPC health NOT_SERVING (Watch streams told and ended), stop listening, finish what is running."""
+        if self.health is not None:
+            self.health.stop()
         asyncio.run_coroutine_threadsafe(self.brpc.stop(), self.loop).result()
         if self.grpc is not None:
             self.grpc.stop(grace=5).wait()

@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import PipelineClient
 from clients.brpc_client import Client
@@ -33,7 +34,6 @@ from serving.model_card import load_card
 from serving.model_server import ModelServer, build_service, parse_args, security_from_args
 from serving.proto import general_model_service_pb2 as gm
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
-from serving.proto import health_pb2, health_pb2_grpc
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
 from serving.protocols.baidu_std import BrpcCode

@@ -1,5 +1,6 @@
 """gRPC PipelineService on rpc_port: a thin adapter onto the data plane."""
 
+import threading
 from concurrent import futures
 
 import grpc
@@ -8,7 +9,7 @@ from serving.dataplane import DataPlane, PipelineResponse
 from serving.errors import DeadlineExceededError, InputError
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
-from serving.protocols.health import add_health
+from serving.protocols.health import HealthServicer, add_health
 from serving.protocols.pipeline_codec import request_from_proto, response_to_proto
 from serving.security import SecurityConfig, add_grpc_port, grpc_interceptors
 
@@ -39,9 +40,22 @@ def _client_timeout_ms(context: grpc.ServicerContext) -> float:
     return remaining * 1000
 
 
+class GrpcServer:
+    """The gRPC server and its health: a stop announces NOT_SERVING and ends Watch streams before the grace starts."""
+
+    def __init__(self, server: grpc.Server, health: HealthServicer) -> None:
+        self.server = server
+        self.health = health
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """grpc.Server.stop, after the health service's own stop."""
+        self.health.stop()
+        return self.server.stop(grace)
+
+
 def start_grpc_server(dataplane: DataPlane, port: int, workers: int, max_message_bytes: int,
                       reuse_port: bool = False, security: SecurityConfig | None = None,
-                      max_inflight: int | None = None) -> tuple[grpc.Server, int]:
+                      max_inflight: int | None = None) -> tuple[GrpcServer, int]:
     """Serve on `port` (0 = any free port); SO_REUSEPORT only for worker processes, so a busy port is an error."""
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", int(reuse_port))]
@@ -50,9 +64,10 @@ def start_grpc_server(dataplane: DataPlane, port: int, workers: int, max_message
                          interceptors=grpc_interceptors(security),
                          maximum_concurrent_rpcs=max_inflight)  # beyond it: RESOURCE_EXHAUSTED at once
     pb_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(dataplane), server)
-    add_health(server, lambda: dataplane.ready, [pb.DESCRIPTOR.services_by_name["PipelineService"].full_name])
+    health = add_health(server, [pb.DESCRIPTOR.services_by_name["PipelineService"].full_name])
     bound = add_grpc_port(server, f"0.0.0.0:{port}", security)
     if bound == 0:
         raise OSError(f"cannot listen on rpc_port {port}")
     server.start()
-    return server, bound
+    dataplane.on_serving(health.follow)
+    return GrpcServer(server, health), bound
