@@ -148,6 +148,22 @@ def test_grpc_health_on_the_model_server(server: ModelServer) -> None:
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+
+def test_grpc_watch_on_the_model_server_ends_at_the_stop(model_dir: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    args = parse_args(["--model", str(model_dir), "--port", "0", "--grpc_port", "0", "--thread", "1"])
+    server = ModelServer(build_service(args), args).start()
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 4  # the open stream does not hold the stop for its 5 s grace
+        assert [reply.status for reply in watch] == [health_pb2.HealthCheckResponse.NOT_SERVING]
+        assert watch.code() == grpc.StatusCode.OK
+
+
 def good_request_works(server: ModelServer) -> None:
     connection = Connection(server.port)
     connection.send(image_request(photo_bytes()[:1]))

@@ -18,6 +18,7 @@ from serving.pipeline import Op, WebService
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
 from tests.conftest import free_port, photo_bytes
+from tests.test_workers import SleepService
 
 Status = health_pb2.HealthCheckResponse
 
@@ -82,7 +83,6 @@ def test_live_before_ready_then_ready() -> None:
         service.stop()
 
 
-
 class GatedLoad(Op):
     """Loads until the test opens the gate, so a Watch stream is surely open while the service loads."""
 
@@ -97,41 +97,74 @@ class GatedService(WebService):
         return GatedLoad(name="gated", input_ops=[read_op])
 
 
-def watch(channel: grpc.Channel, service: str) -> "queue.Queue[object]":
-    """Each status a Watch stream sends, then None when it ends (or its error code)."""
-    statuses: queue.Queue[object] = queue.Queue()
+class Watch:
+    """One Watch stream over a real channel: each status it sends, then None when it ends (or its error code)."""
 
-    def read() -> None:
+    def __init__(self, channel: grpc.Channel, service: str) -> None:
+        self.call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=service),
+                                                              timeout=60)
+        self.statuses: queue.Queue[object] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
         try:
-            for reply in health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=service),
-                                                                    timeout=60):
-                statuses.put(reply.status)
-            statuses.put(None)
+            for reply in self.call:
+                self.statuses.put(reply.status)
+            self.statuses.put(None)
         except grpc.RpcError as exc:
-            statuses.put(exc.code())
+            self.statuses.put(exc.code())
 
-    threading.Thread(target=read, daemon=True).start()
-    return statuses
+    def next(self) -> object:
+        return self.statuses.get(timeout=10)
 
 
-def test_watch_sees_loading_then_serving_then_stopping() -> None:
+def start_gated() -> tuple[GatedService, threading.Thread]:
+    """A pipeline whose rpc_port is open while its op still loads, until GatedLoad.gate is set."""
     GatedLoad.gate.clear()
     service = GatedService(name="gated")
     service.prepare_pipeline_config(yml_dict={"rpc_port": 0})
     starter = threading.Thread(target=service.start)
     starter.start()
+    deadline = time.monotonic() + 10
+    while service.rpc_port in (None, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return service, starter
+
+
+def test_watch_sees_loading_then_serving_then_stopping() -> None:
+    service, starter = start_gated()
     try:
-        deadline = time.monotonic() + 10
-        while service.rpc_port in (None, 0) and time.monotonic() < deadline:
-            time.sleep(0.01)
         with grpc.insecure_channel(f"127.0.0.1:{service.rpc_port}") as channel:
-            streams = [watch(channel, name) for name in ("", "baidu.paddle_serving.pipeline_serving.PipelineService")]
-            assert [stream.get(timeout=10) for stream in streams] == [Status.NOT_SERVING] * 2
+            streams = [Watch(channel, name) for name in ("", "baidu.paddle_serving.pipeline_serving.PipelineService")]
+            assert [stream.next() for stream in streams] == [Status.NOT_SERVING] * 2
             GatedLoad.gate.set()
             starter.join(timeout=10)
-            assert [stream.get(timeout=10) for stream in streams] == [Status.SERVING] * 2
+            assert [stream.next() for stream in streams] == [Status.SERVING] * 2
+            started = time.monotonic()
             service.stop()
-            assert [stream.get(timeout=10) for stream in streams] == [Status.NOT_SERVING] * 2
+            assert time.monotonic() - started < 5  # open Watch streams do not hold the stop for its 10 s grace
+            assert [stream.next() for stream in streams] == [Status.NOT_SERVING] * 2
+            assert [stream.next() for stream in streams] == [None] * 2  # then each stream ends
+    finally:
+        GatedLoad.gate.set()
+        starter.join(timeout=10)
+        service.stop()
+
+
+def test_a_watch_stream_ending_leaves_the_others_of_its_service_informed() -> None:
+    service, starter = start_gated()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{service.rpc_port}") as channel:
+            leaving, staying = Watch(channel, ""), Watch(channel, "")
+            assert [leaving.next(), staying.next()] == [Status.NOT_SERVING] * 2
+            leaving.call.cancel()
+            assert leaving.next() == grpc.StatusCode.CANCELLED
+            time.sleep(0.2)  # the server sees the cancel and forgets that stream
+            GatedLoad.gate.set()
+            starter.join(timeout=10)
+            assert staying.next() == Status.SERVING
+            unknown = Watch(channel, "Nope")
+            assert unknown.next() == Status.SERVICE_UNKNOWN
     finally:
         GatedLoad.gate.set()
         starter.join(timeout=10)
@@ -144,11 +177,29 @@ def test_watch_streams_hold_no_worker_thread() -> None:
     service.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{service.rpc_port}") as channel:
-            streams = [watch(channel, "") for _ in range(8)]
-            assert [stream.get(timeout=10) for stream in streams] == [Status.SERVING] * 8
+            streams = [Watch(channel, "") for _ in range(8)]
+            assert [stream.next() for stream in streams] == [Status.SERVING] * 8
             reply = pb_grpc.PipelineServiceStub(channel).inference(pb.Request(key=["a"], value=["b"]), timeout=5)
             assert reply.err_no == 0 and list(reply.value) == ["b"]
             assert health(service.rpc_port) == Status.SERVING
+    finally:
+        service.stop()
+
+
+def test_health_answers_while_every_worker_is_busy() -> None:
+    service = SleepService(name="sleep")
+    service.prepare_pipeline_config(yml_dict={"rpc_port": 0, "worker_num": 1})
+    service.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{service.rpc_port}") as channel:
+            busy = pb_grpc.PipelineServiceStub(channel).inference.future(
+                pb.Request(key=["seconds"], value=["1.5"], name="sleep"), timeout=10)
+            time.sleep(0.3)  # the only gRPC worker is now inside the op
+            started = time.monotonic()
+            assert health(service.rpc_port) == Status.SERVING
+            assert Watch(channel, "").next() == Status.SERVING
+            assert time.monotonic() - started < 1.0 and not busy.done()  # the worker is busy for 1.2 s more
+            assert busy.result().err_no == 0
     finally:
         service.stop()
 
