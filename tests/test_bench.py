@@ -212,7 +212,7 @@ def test_overhead_subtracts_the_one_worker_ceiling_and_applies_each_protocols_ta
         return {"target": target, "protocol": protocol, "concurrency": concurrency, "p50_ms": p50, "mean_ms": p50}
 
     e2e = {"settings": {"images_per_request": 1},
-           "results": [row("pipeline", "http", 1, 10.0), row("pipeline", "http", 4, 30.0),
+           "results": [row("pipeline", "http", 1, 9.25), row("pipeline", "http", 4, 30.0),
                        row("pipeline", "grpc", 1, 10.25), row("model_server", "brpc", 1, None),
                        row("model_server", "http", 1, 8.0)]}
     e2e["results"][0]["server_ms"] = {"server": 8.0, "queue": 0.1, "preprocess": 1.5, "process": 6.0,
@@ -222,14 +222,14 @@ def test_overhead_subtracts_the_one_worker_ceiling_and_applies_each_protocols_ta
     report = overhead_report(e2e)
     assert report["ceilings"] == {"pipeline": single, "model_server": later}
     assert [(r["protocol"], r["overhead_ms"], r["limit_ms"], r["met"]) for r in report["results"]] == [
-        ("http", pytest.approx(1.5), 2.5, True), ("grpc", pytest.approx(1.75), 1.5, False), ("brpc", None, 1.5, False),
-        ("http", pytest.approx(-2.0), 2.5, True)]
+        ("http", pytest.approx(0.75), 1.0, True), ("grpc", pytest.approx(1.75), 1.0, False), ("brpc", None, 1.0, False),
+        ("http", pytest.approx(-2.0), 1.0, True)]
     lines = overhead_markdown(report).splitlines()
-    assert "| pipeline | http | 10.00 | 2.00 | 6.50 | 1.50 | ≤ 2.5 | met |" in lines
-    assert "| pipeline | grpc | 10.25 | 2.00 | 6.50 | 1.75 | ≤ 1.5 | **missed** |" in lines
-    assert "| model_server | brpc | – | 3.00 | 7.00 | – | ≤ 1.5 | **missed** |" in lines
+    assert "| pipeline | http | 9.25 | 2.00 | 6.50 | 0.75 | ≤ 1.0 | met |" in lines
+    assert "| pipeline | grpc | 10.25 | 2.00 | 6.50 | 1.75 | ≤ 1.0 | **missed** |" in lines
+    assert "| model_server | brpc | – | 3.00 | 7.00 | – | ≤ 1.0 | **missed** |" in lines
     assert any(line.startswith("- model_server/http: negative overhead") for line in lines)
-    assert lines[-1] == "| pipeline | http | 10.00 | 2.00 | 8.00 | 0.10 | 1.50 | 6.00 | 0.20 | 0.20 |"
+    assert lines[-1] == "| pipeline | http | 9.25 | 1.25 | 8.00 | 0.10 | 1.50 | 6.00 | 0.20 | 0.20 |"
     assert overhead_report({**e2e, "settings": {"images_per_request": 2}}) is None
     assert overhead_report({**e2e, "results": e2e["results"][1:2]}) is None
 
@@ -321,11 +321,11 @@ def test_e2e_writes_both_ceilings_and_the_overhead_of_the_same_run(engines_run: 
     assert overhead["command"].startswith("python -m bench e2e")
     (row,) = overhead["results"]
     (e2e_row,) = json.loads((out / "e2e.json").read_text())["results"]
-    assert (row["target"], row["protocol"], row["limit_ms"], row["e2e_p50_ms"]) == ("pipeline", "grpc", 1.5,
+    assert (row["target"], row["protocol"], row["limit_ms"], row["e2e_p50_ms"]) == ("pipeline", "grpc", 1.0,
                                                                                     e2e_row["p50_ms"])
     assert row["preprocess_p50_ms"] == ceilings[1]["preprocess"]["median_ms"] > 0
     assert row["overhead_ms"] == pytest.approx(row["e2e_p50_ms"] - row["preprocess_p50_ms"] - row["predict_p50_ms"])
-    assert row["met"] == (row["overhead_ms"] <= 1.5)
+    assert row["met"] == (row["overhead_ms"] <= 1.0)
     text = (out / "README.md").read_text()
     assert [line for line in text.splitlines() if line.startswith("## ")] == [
         "## In-process ceiling", "## End to end", "## Overhead at concurrency 1"]

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -94,6 +95,28 @@ def test_grpc_beyond_max_inflight_is_resource_exhausted() -> None:
             assert slow.result().err_no == 0
             assert stub.inference(pb.Request(key=["seconds"], value=["0"], name="sleep"), timeout=10).err_no == 0
     finally:
+        svc.stop()
+
+
+def test_grpc_port_bounds_connections_and_closes_silent_ones() -> None:
+    svc = start_sleep_service(max_connections=2, client_timeout_ms=1500)
+    silent = [socket.create_connection(("127.0.0.1", svc.rpc_port)) for _ in range(2)]
+    try:
+        time.sleep(0.2)
+        with grpc.insecure_channel(f"127.0.0.1:{svc.rpc_port}") as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                pb_grpc.PipelineServiceStub(channel).inference(pb.Request(key=["seconds"], value=["0"]), timeout=1)
+            assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        for sock in silent:  # no HTTP/2 preface within client_timeout_ms: the server closes them
+            sock.settimeout(5)
+            while sock.recv(1024):  # the server's own SETTINGS frame, then the end of the stream
+                pass
+        with grpc.insecure_channel(f"127.0.0.1:{svc.rpc_port}") as channel:
+            reply = pb_grpc.PipelineServiceStub(channel).inference(pb.Request(key=["seconds"], value=["0"]), timeout=5)
+            assert reply.err_no == 0
+    finally:
+        for sock in silent:
+            sock.close()
         svc.stop()
 
 

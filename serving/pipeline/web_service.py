@@ -146,8 +146,7 @@ class WebService:
             self._servers.append(server)
         if self.config.rpc_port is not None:
             server, self.rpc_port = start_grpc_server(dataplane, self.config.rpc_port, self.config.worker_num,
-                                                      limits.max_body_bytes, reuse_port, self.config.security,
-                                                      limits.max_inflight)
+                                                      limits, reuse_port, self.config.security)
             self._servers.append(server)
 
     def stop(self) -> None:

@@ -13,6 +13,7 @@ from concurrent import futures
 
 import grpc
 
+from serving.config import LimitsConfig
 from serving.context import RequestContext
 from serving.dataplane import DataPlane, PipelineResponse
 from serving.errors import DeadlineExceededError, InputError
@@ -62,22 +63,28 @@ class GrpcServer:
         return self.server.stop(grace)
 
 
-def start_grpc_server(dataplane: DataPlane, port: int, workers: int, max_message_bytes: int,
-                      reuse_port: bool = False, security: SecurityConfig | None = None,
-                      max_inflight: int | None = None) -> tuple[GrpcServer, int]:
+def grpc_options(limits: LimitsConfig, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """The server's bounds from `limits`, as the HTTP ports have them: message size, connections, timeouts."""
+    return [("grpc.max_receive_message_length", limits.max_body_bytes),
+            ("grpc.max_send_message_length", limits.max_body_bytes),
+            ("grpc.max_allowed_incoming_connections", limits.max_connections),  # beyond: refused at accept
+            ("grpc.server_handshake_timeout_ms", limits.client_timeout_ms),  # TLS and HTTP/2 preface must arrive
+            ("grpc.max_connection_idle_ms", limits.keepalive_timeout_ms),  # idle connections get GOAWAY
+            ("grpc.so_reuseport", int(reuse_port))]
+
+
+def start_grpc_server(dataplane: DataPlane, port: int, workers: int, limits: LimitsConfig,
+                      reuse_port: bool = False, security: SecurityConfig | None = None) -> tuple[GrpcServer, int]:
     """Serve on `port` (0 = any free port); SO_REUSEPORT only for worker processes, so a busy port is an error."""
-    options = [("grpc.max_receive_message_length", max_message_bytes),
-               ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", int(reuse_port))]
     security = security or SecurityConfig()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"), options=options,
-                         interceptors=grpc_interceptors(security),
-                         maximum_concurrent_rpcs=max_inflight)  # beyond it: RESOURCE_EXHAUSTED at once
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+                         options=grpc_options(limits, reuse_port), interceptors=grpc_interceptors(security),
+                         maximum_concurrent_rpcs=limits.max_inflight)  # beyond it: RESOURCE_EXHAUSTED at once
     pb_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(dataplane), server)
     health = add_health(server, [pb.DESCRIPTOR.services_by_name["PipelineService"].full_name])
     bound = add_grpc_port(server, f"0.0.0.0:{port}", security)
     if bound == 0:
         raise OSError(f"cannot listen on rpc_port {port}")
-    dataplane.on_serving(health.follow)
     server.start()
     dataplane.on_serving(health.follow)
     return GrpcServer(server, health), bound
