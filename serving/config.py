@@ -45,31 +45,32 @@ class LocalServiceConf:
     trt_workspace_mb: int = 1024
     trt_cache_dir: str = ""
     engine: str = "auto"
+    cpu_spin_wait: bool = False  # this kit's, ONNX Runtime only: idle math threads spin (lone-request latency)
 
     def validate(self, path: str) -> None:
         """Value ranges and the contradictions Paddle Serving only found at first request."""
         require_config(self.engine in ENGINES, f"{path}.engine", self.engine, f"one of {', '.join(ENGINES)}")
         require_config(bool(self.model_config), f"{path}.model_config", self.model_config,
-                 "set it to the exported serving_server folder")
+                       "set it to the exported serving_server folder")
         require_config(self.client_type in CLIENT_TYPES, f"{path}.client_type", self.client_type,
-                 f"one of {', '.join(CLIENT_TYPES)}")
+                       f"one of {', '.join(CLIENT_TYPES)}")
         require_config(self.device_type in SUPPORTED_DEVICE_TYPES, f"{path}.device_type", self.device_type,
-                 "supported: " + ", ".join(f"{k} ({v})" for k, v in SUPPORTED_DEVICE_TYPES.items()))
+                       "supported: " + ", ".join(f"{k} ({v})" for k, v in SUPPORTED_DEVICE_TYPES.items()))
         require_config(all(part.strip().isdigit() for part in self.devices.split(",")) or not self.devices.strip(),
-                 f"{path}.devices", self.devices, 'use "" for CPU or GPU ids like "0" or "0,1"')
+                       f"{path}.devices", self.devices, 'use "" for CPU or GPU ids like "0" or "0,1"')
         require_config(self.device_type not in (1, 2) or bool(self.gpu_ids), f"{path}.devices", self.devices,
-                 f"device_type {self.device_type} needs GPU ids, e.g. devices: \"0\"")
+                       f"device_type {self.device_type} needs GPU ids, e.g. devices: \"0\"")
         require_config(self.precision in PRECISIONS, f"{path}.precision", self.precision,
                        f"one of {', '.join(PRECISIONS)}")
         on_gpu = self.device_type in (1, 2) or (self.device_type == -1 and bool(self.gpu_ids))
         require_config(on_gpu or self.precision in ("fp32", "bf16"), f"{path}.precision", self.precision,
-                 "on CPU use fp32 or bf16 (fp16/int8 need device_type 1 or 2)")
+                       "on CPU use fp32 or bf16 (fp16/int8 need device_type 1 or 2)")
         require_config(not on_gpu or self.precision != "bf16", f"{path}.precision", self.precision,
-                 "bf16 is a CPU (oneDNN) precision; on GPU use fp32, fp16 or int8")
+                       "bf16 is a CPU (oneDNN) precision; on GPU use fp32, fp16 or int8")
         for key in ("thread_num", "min_subgraph_size", "max_batch_size", "trt_workspace_mb"):
             require_config(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "must be >= 1")
         require_config(self.mkldnn_cache_capacity >= 0, f"{path}.mkldnn_cache_capacity", self.mkldnn_cache_capacity,
-                 "must be >= 0")
+                       "must be >= 0")
 
     @property
     def gpu_ids(self) -> list[int]:
@@ -158,8 +159,8 @@ class LimitsConfig:
                            "must be >= 1")
         cap = opencv_pixel_cap()
         require_config(self.max_image_pixels <= cap, f"{path}.max_image_pixels", self.max_image_pixels,
-                 f"OpenCV refuses images above {cap} pixels in this process; start it with "
-                 f"{OPENCV_PIXELS_ENV}={self.max_image_pixels} (or more) in the environment")
+                       f"OpenCV refuses images above {cap} pixels in this process; start it with "
+                       f"{OPENCV_PIXELS_ENV}={self.max_image_pixels} (or more) in the environment")
 
 
 @dataclass
@@ -178,14 +179,14 @@ class ServiceConfig:
     def validate(self, path: str) -> None:
         """Ports: at least one, each 1024-65535 (0 = pick a free port, for tests)."""
         require_config(self.rpc_port is not None or self.http_port is not None, f"{path}rpc_port/http_port", None,
-                 "set at least one of rpc_port and http_port")
+                       "set at least one of rpc_port and http_port")
         for key in ("rpc_port", "http_port"):
             port = getattr(self, key)
             require_config(port is None or port == 0 or 1024 <= port <= 65535, f"{path}{key}", port,
-                     "use 1024-65535 (or 0 for any free port)")
+                           "use 1024-65535 (or 0 for any free port)")
         require_config(self.rpc_port is None or self.rpc_port == 0 or self.rpc_port != self.http_port,
                        f"{path}http_port",
-                 self.http_port, "rpc_port and http_port must differ")
+                       self.http_port, "rpc_port and http_port must differ")
         require_config(self.worker_num >= 1, f"{path}worker_num", self.worker_num, "must be >= 1")
 
 
@@ -206,7 +207,7 @@ def _coerce(kind: object, value: object, path: str) -> object:
         return {str(name): _coerce(args[1], item, f"{path}.{name}") for name, item in value.items()}
     if origin is list:
         require_config(isinstance(value, list) and all(isinstance(item, str) for item in value), path, value,
-                 "expected a list of strings")
+                       "expected a list of strings")
         return list(value)
     if kind is int:
         require_config(isinstance(value, int) and not isinstance(value, bool), path, value, "expected an integer")
@@ -256,7 +257,8 @@ def _resolve_local(conf: LocalServiceConf, path: str, base_dir: Path) -> None:
     """The model folder must hold the server config; relative folders are made absolute."""
     folder = _resolve(conf.model_config, base_dir)
     require_config((folder / SERVER_CONF).is_file(), f"{path}.model_config", conf.model_config,
-             f"the folder must exist and hold {SERVER_CONF} (looked in {folder}); export one with python -m export")
+                   f"the folder must exist and hold {SERVER_CONF} (looked in {folder}); "
+                   "export one with python -m export")
     conf.model_config = str(folder)
     if conf.trt_cache_dir:
         conf.trt_cache_dir = str(_resolve(conf.trt_cache_dir, base_dir))
@@ -265,14 +267,14 @@ def _resolve_local(conf: LocalServiceConf, path: str, base_dir: Path) -> None:
 def _resolve_remote(op: OpConfig, path: str, base_dir: Path) -> None:
     """Remote ops need endpoints and the model's client config."""
     require_config(bool(op.server_endpoints), f"{path}.server_endpoints", op.server_endpoints,
-             "a brpc/grpc client_type needs the model servers' \"host:port\" list")
+                   "a brpc/grpc client_type needs the model servers' \"host:port\" list")
     require_config(all(":" in endpoint for endpoint in op.server_endpoints), f"{path}.server_endpoints",
-             op.server_endpoints, 'each endpoint is "host:port"')
+                   op.server_endpoints, 'each endpoint is "host:port"')
     require_config(op.client_config is not None, f"{path}.client_config", op.client_config,
-             f"remote ops need the model's serving_client/{CLIENT_CONF}")
+                   f"remote ops need the model's serving_client/{CLIENT_CONF}")
     client_config = _resolve(op.client_config, base_dir)
     require_config(client_config.is_file(), f"{path}.client_config", op.client_config,
-             f"no such file (looked in {client_config})")
+                   f"no such file (looked in {client_config})")
     op.client_config = str(client_config)
 
 

@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engine", default="auto", choices=("auto", "paddle", "onnxruntime"),
                         help="auto: ONNX Runtime on CPU when the export has inference.onnx, else Paddle Inference")
     parser.add_argument("--cpu_threads", type=int, default=2, help="math threads per CPU predictor")
+    parser.add_argument("--cpu_spin_wait", action="store_true",
+                        help="ONNX Runtime: idle math threads spin (lower lone-request latency, more CPU under load)")
     parser.add_argument("--ir_optim", action="store_true", help="graph optimisation passes")
     memory = parser.add_mutually_exclusive_group()
     memory.add_argument("--mem_optim", dest="mem_optim", action="store_true", default=True, help="(default)")
@@ -100,7 +102,7 @@ def build_service(args: argparse.Namespace) -> ModelService:
     conf = LocalServiceConf(model_config=str(folder), device_type=2 if args.use_trt else (1 if args.gpu_ids else 0),
                             devices=args.gpu_ids, thread_num=args.cpu_threads, mem_optim=args.mem_optim,
                             ir_optim=args.ir_optim, precision=args.precision, use_mkldnn=args.use_mkldnn,
-                            engine=args.engine)
+                            engine=args.engine, cpu_spin_wait=args.cpu_spin_wait)
     conf.validate("--flags")
     model_config = read_config(folder / SERVER_CONF)
     predictor = LocalPredictor(settings_from_conf(conf, model_config, path="--flags"), model_config,

@@ -1,5 +1,6 @@
 """`python -m bench`: statistics, tables and report shapes, plus short real runs of every subcommand."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -375,3 +376,13 @@ def test_server_means_from_two_metrics_scrapes() -> None:
     assert means["server"] == pytest.approx(8.0) and means["process"] == pytest.approx(6.0)
     assert means["queue"] is None and server_means(before, after, "http")["server"] is None
     assert mean_batch(before, after) == pytest.approx(3.0)
+
+
+def test_cpu_split_is_per_request_on_each_side() -> None:
+    from bench.cpu_split import markdown, split_row
+
+    row = split_row("pipeline", "http", 800, 5.0, 8.0, 0.4)
+    assert row["requests_per_s"] == 160.0 and row["server_cpu_ms"] == 10.0 and row["client_cpu_ms"] == 0.5
+    assert row["busy_cores"] == pytest.approx(1.68)
+    args = argparse.Namespace(model="SqueezeNet1_1", seconds=5.0, concurrency=8)
+    assert "| pipeline | http | 160.0 | 10.00 | 0.50 | 1.68 |" in markdown([row], args).splitlines()

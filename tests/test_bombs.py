@@ -83,10 +83,13 @@ def test_every_bomb_is_refused_from_its_header(request: pytest.FixtureRequest, t
     photo = cv2.imencode(".jpg", good)[1].tobytes()
     assert send(server, [photo])["err_no"] == 0
     for name, data in bombs.items():
-        reset_peak_rss()
-        before = peak_rss_mb()
-        answer = send(server, [data])
-        growth = peak_rss_mb() - before
+        growths = []
+        for _ in range(2):  # the smaller of two: the reading is process-wide, a decoded bomb would show in both
+            reset_peak_rss()
+            before = peak_rss_mb()
+            answer = send(server, [data])
+            growths.append(peak_rss_mb() - before)
+        growth = min(growths)
         assert answer["err_no"] == 5000, (name, answer)
         assert f"{REPORTED.get(name, name)} image is {SIDE}x{SIDE}" in answer["err_msg"], answer["err_msg"]
         assert growth < GROWTH_LIMIT_MB, f"{name}: peak RSS grew by {growth:.0f} MB"

@@ -3,6 +3,7 @@
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -359,7 +360,12 @@ def test_onnx_runtime_engine_matches_paddle(tmp_path: Path) -> None:
     paddle_conf = LocalServiceConf(model_config=str(server), max_batch_size=4, engine="paddle")
     assert settings_from_conf(paddle_conf, model_config).engine == "paddle"
     x = np.random.RandomState(3).randn(3, *IMAGE).astype(np.float32)
-    ort = LocalPredictor(settings, model_config, pool_size=2).predict({"x": x})["prediction"]
+    ort_predictor = LocalPredictor(settings, model_config, pool_size=2)
+    ort = ort_predictor.predict({"x": x})["prediction"]
+    spin = "session.intra_op.allow_spinning"
+    assert ort_predictor._idle.get().get_session_options().get_session_config_entry(spin) == "0"
+    spinning = LocalPredictor(settings_from_conf(replace(auto, cpu_spin_wait=True), model_config), model_config)
+    assert spinning._idle.get().get_session_options().get_session_config_entry(spin) == "1"
     native = LocalPredictor(settings_from_conf(paddle_conf, model_config), model_config).predict({"x": x})
     np.testing.assert_allclose(ort, native["prediction"], atol=1e-5)
 

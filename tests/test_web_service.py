@@ -21,6 +21,7 @@ from clients import PipelineClient
 from export import inference_io
 from pipelines.web_service import ImageService
 from serving.model_card import load_card
+from serving.pipeline import Op
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
 from tests.conftest import IMAGES, free_port, photo_bytes
@@ -307,3 +308,28 @@ def test_dynamic_batching_merges_concurrent_requests_correctly(model_dir: Path) 
         assert result["label"] == [labels[i % 2]]
         np.testing.assert_allclose(result["prob"], [probs[i % 2]], atol=1e-5)
     assert sum(calls) == 6 and max(calls) > 1, f"requests were not merged: {calls}"
+
+
+def test_a_paddle_serving_era_process_override_still_runs(model_dir: Path) -> None:
+    from pipelines.web_service import ImagenetOp
+
+    seen: list[int] = []
+
+    class CountingOp(ImagenetOp):
+        def process(self, feed_batch: list, typical_logid: int = 0) -> tuple:  # Paddle Serving's signature
+            seen.append(typical_logid)
+            return super().process(feed_batch, typical_logid)
+
+    class CountingService(ImageService):
+        def get_pipeline_response(self, read_op: Op) -> Op:
+            return CountingOp(name="imagenet", input_ops=[read_op])
+
+    svc = CountingService(name="imagenet")
+    svc.prepare_pipeline_config(yml_dict=service_config(model_dir))
+    svc.start()
+    try:
+        answer = post(svc.http_port, {"key": ["image"], "value": [b64(photo_bytes()[0])], "logid": 77})
+    finally:
+        svc.stop()
+    assert answer["err_no"] == 0, answer
+    assert seen == [77]

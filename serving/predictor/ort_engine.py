@@ -23,10 +23,12 @@ class OrtEngine:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self._settings.thread_num
         options.inter_op_num_threads = 1
-        # Idle intra-op threads sleep instead of spinning: requests arrive with gaps, and spinning burned 4 ms of
-        # CPU per request on the 2 cores that serve (SqueezeNet1_1 pipeline HTTP at 8 clients: 14.9 -> 10.6 ms of
-        # server CPU per request, 126 -> 168 requests/s; /tmp/cpusplit.py in the issue 10 note).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # By default idle intra-op threads sleep instead of spinning: requests arrive with gaps, and spinning burned
+        # ~4 ms of CPU per request on the cores that serve (SqueezeNet1_1 pipeline HTTP at 8 clients: 14.9 -> 10.6 ms
+        # of server CPU per request, 126 -> 168 requests/s; `python -m bench.cpu_split`). cpu_spin_wait trades that
+        # CPU for a lone small-model request's latency.
+        spin = "1" if self._settings.cpu_spin_wait else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         path = Path(self._settings.model_dir) / ONNX_FILE

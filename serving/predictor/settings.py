@@ -42,6 +42,7 @@ class PredictorSettings:
     trt_cache_dir: Path = Path(TRT_CACHE_FOLDER)
     gpu_memory_mb: int = DEFAULT_GPU_MEMORY_MB
     engine: str = "paddle"
+    cpu_spin_wait: bool = False
 
 
 def summary(exc: BaseException, limit: int = 300) -> str:
@@ -76,7 +77,7 @@ def given_shapes(info: dict, path: str) -> dict[str, ShapeRange]:
         if any(shape is None for shape in shapes) or len({len(shape) for shape in shapes}) != 1:
             raise ConfigError.invalid(f"{path}.dynamic_shape_info.{name}", shapes,
                                       "give min_input_shape, opt_input_shape and "
-                  "max_input_shape for it, all of the same rank")
+                                      "max_input_shape for it, all of the same rank")
         low, opt, high = ([int(dim) for dim in shape] for shape in shapes)
         if not all(a <= b <= c for a, b, c in zip(low, opt, high, strict=True)):
             raise ConfigError.invalid(f"{path}.dynamic_shape_info.{name}", shapes,
@@ -93,7 +94,7 @@ def dynamic_shapes(model_config: GeneralModelConfig, max_batch_size: int, info: 
         if var.name not in shapes:
             raise ConfigError.invalid(f"{path}.dynamic_shape_info", info,
                                       f"feed {var.name!r} has variable dims {list(var.shape)}; "
-                  "TensorRT needs its min/opt/max shapes from the op's set_dynamic_shape_info")
+                                      "TensorRT needs its min/opt/max shapes from the op's set_dynamic_shape_info")
     return shapes
 
 
@@ -118,7 +119,8 @@ def check_against_model(conf: LocalServiceConf, model_config: GeneralModelConfig
         if name not in known:
             raise ConfigError.invalid(f"{path}.fetch_list", conf.fetch_list,
                                       f"{name!r} is not a fetch of the model; it has "
-                  + ", ".join(f"{var.alias_name} (name {var.name})" for var in model_config.fetch_var))
+                                      + ", ".join(f"{var.alias_name} (name {var.name})"
+                                                  for var in model_config.fetch_var))
     if conf.use_calib and (conf.precision != "int8" or device_of(conf) != "tensorrt"):
         raise ConfigError.invalid(f"{path}.use_calib", conf.use_calib,
                                   "calibration needs precision int8 with device_type 2 (TensorRT)")
@@ -155,4 +157,5 @@ def settings_from_conf(conf: LocalServiceConf, model_config: GeneralModelConfig,
         dynamic_shapes=shapes,
         trt_cache_dir=Path(conf.trt_cache_dir) if conf.trt_cache_dir else model_dir / TRT_CACHE_FOLDER,
         engine=engine_of(conf, device, path),
+        cpu_spin_wait=conf.cpu_spin_wait,
     )
