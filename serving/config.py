@@ -46,10 +46,13 @@ class LocalServiceConf:
     trt_cache_dir: str = ""
     engine: str = "auto"
     cpu_spin_wait: bool = False  # this kit's, ONNX Runtime only: idle math threads spin (lone-request latency)
+    trt_fallback: str = "none"  # this kit's: "gpu" runs plain GPU (loudly) when TensorRT cannot engage
 
     def validate(self, path: str) -> None:
         """Value ranges and the contradictions Paddle Serving only found at first request."""
         require_config(self.engine in ENGINES, f"{path}.engine", self.engine, f"one of {', '.join(ENGINES)}")
+        require_config(self.trt_fallback in ("none", "gpu"), f"{path}.trt_fallback", self.trt_fallback,
+                       "none (start-up fails when TensorRT cannot engage) or gpu (run plain GPU, with a warning)")
         require_config(bool(self.model_config), f"{path}.model_config", self.model_config,
                        "set it to the exported serving_server folder")
         require_config(self.client_type in CLIENT_TYPES, f"{path}.client_type", self.client_type,

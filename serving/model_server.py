@@ -183,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ServingError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    log.info("GeneralModelService ready: baidu_std + HTTP on port %d%s", server.port,
-             f", gRPC on port {server.grpc_port}" if server.grpc else "")
+    log.info("GeneralModelService ready: baidu_std + HTTP on port %d%s; %s", server.port,
+             f", gRPC on port {server.grpc_port}" if server.grpc else "",
+             ", ".join(f"{key} {value}" for key, value in server.dataplane.endpoint.predictor.engine_info.items()))
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())

@@ -221,6 +221,7 @@ def test_metadata_describes_the_model(classifier: ImageService) -> None:
     assert (op["feeds"], op["fetches"], op["model"], op["num_classes"]) == (["x"], ["prediction"], "SqueezeNet1_1",
                                                                             1000)
     assert op["weights"]["source"] == "random-init" and op["preprocessing"]["center_crop"]["size"] == 224
+    assert (op["device"], op["precision"]) == ("cpu", "fp32") and op["engine"] in ("paddle", "onnxruntime")
 
 
 def test_metrics_count_requests_stages_and_memory(classifier: ImageService) -> None:

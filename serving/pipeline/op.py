@@ -135,7 +135,8 @@ class Op:
         if not self.has_model:
             return {}
         info: dict = {"model_config": self.model_config, "remote": self.remote,
-                      "feeds": list(self.predictor.feed_names), "fetches": list(self.predictor.fetch_aliases)}
+                      "feeds": list(self.predictor.feed_names), "fetches": list(self.predictor.fetch_aliases),
+                      **getattr(self.predictor, "engine_info", {})}
         card = Path(self.model_config).parent / CARD_FILE
         if card.is_file():
             facts = yaml.safe_load(card.read_text(encoding="utf-8"))

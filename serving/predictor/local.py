@@ -53,6 +53,13 @@ class LocalPredictor:
         return self._settings.max_batch_size
 
     @property
+    def engine_info(self) -> dict:
+        """Which engine runs the model, on what, at what precision; with TensorRT, how many ops it took."""
+        info = {"engine": self._settings.engine, "device": self._settings.device, "precision": self._settings.precision}
+        tensorrt = getattr(self._engine, "tensorrt", None)
+        return {**info, **tensorrt.describe()} if tensorrt is not None else info
+
+    @property
     def feed_names(self) -> list[str]:
         """Feed aliases in model-config order (what clients send)."""
         return [var.alias_name for var in self._feeds]

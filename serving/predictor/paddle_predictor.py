@@ -6,20 +6,26 @@ from paddle import inference
 from serving.errors import InitError
 from serving.model_files import find_program
 from serving.predictor.settings import PredictorSettings, summary
+from serving.predictor.tensorrt import TrtProgram, needs_conversion, prepare
 from serving.proto.general_model_config_pb2 import FeedVar, FetchVar
 
 TRT_PRECISIONS = {"fp32": "Float32", "fp16": "Half", "int8": "Int8"}
 
 
-def apply_settings(config: inference.Config, settings: PredictorSettings, gpu_id: int | None) -> None:
-    """Turn the settings into Config calls; the one place that configures Paddle Inference."""
+def apply_settings(config: inference.Config, settings: PredictorSettings, gpu_id: int | None,
+                   legacy_tensorrt: bool = True) -> None:
+    """Turn the settings into Config calls; the one place that configures Paddle Inference.
+
+    `legacy_tensorrt` False: the program was converted by PIR-TensorRT (its engines are in the program), or
+    TensorRT is off by trt_fallback; either way the GPU runs it without enable_tensorrt_engine.
+    """
     if settings.device == "cpu":
         _apply_cpu(config, settings)
     else:
         native_half = settings.device == "gpu" and settings.precision == "fp16"
         precision = inference.PrecisionType.Half if native_half else inference.PrecisionType.Float32
         config.enable_use_gpu(settings.gpu_memory_mb, settings.gpu_ids[0] if gpu_id is None else gpu_id, precision)
-    if settings.device == "tensorrt":
+    if settings.device == "tensorrt" and legacy_tensorrt:
         _apply_tensorrt(config, settings)
     else:
         # PIR programs need the new executor for enable_memory_optim (Paddle 3.3.1 fails at creation without it).
@@ -71,9 +77,14 @@ class PaddleEngine:
 
     def __init__(self, settings: PredictorSettings, feeds: list[FeedVar], fetches: list[FetchVar]) -> None:
         self._settings, self._feeds, self._fetches = settings, feeds, fetches
+        self.tensorrt: TrtProgram | None = None  # set when a PIR program runs on TensorRT (or fell back)
 
     def build_pool(self, pool_size: int) -> list[inference.Predictor]:
         """Per device: one created predictor plus clones sharing its weights; interleaved for round-robin use."""
+        program, params = find_program(self._settings.model_dir)
+        if needs_conversion(self._settings, program):  # before the server reports ready
+            self.tensorrt = prepare(self._settings, program, params, _gpu_name(self._settings.gpu_ids[0]),
+                                    _versions())
         devices = list(self._settings.gpu_ids) if self._settings.device != "cpu" else [None]
         per_device = []
         for gpu_id in devices:
@@ -89,8 +100,10 @@ class PaddleEngine:
         where = "CPU" if gpu_id is None else f"GPU {gpu_id}"
         try:
             program, params = find_program(self._settings.model_dir)
+            if self.tensorrt is not None:
+                program, params = self.tensorrt.program, self.tensorrt.params
             config = inference.Config(str(program), str(params))
-            apply_settings(config, self._settings, gpu_id)
+            apply_settings(config, self._settings, gpu_id, legacy_tensorrt=self.tensorrt is None)
             predictor = inference.create_predictor(config)
         except InitError:
             raise
@@ -117,3 +130,24 @@ class PaddleEngine:
             handle.copy_from_cpu(np.ascontiguousarray(array))
         predictor.run()
         return [predictor.get_output_handle(name).copy_to_cpu() for name in fetch]
+
+
+def _gpu_name(gpu_id: int) -> str:
+    """The card's name, part of the TensorRT cache key (an engine built for one GPU model fails on another)."""
+    import paddle
+
+    try:
+        return str(paddle.device.cuda.get_device_name(gpu_id))
+    except Exception as exc:  # a CPU build or no visible card: conversion will say what is missing
+        return f"unknown ({type(exc).__name__})"
+
+
+def _versions() -> tuple[str, str]:
+    """Paddle's version and TensorRT's runtime version, part of the TensorRT cache key."""
+    import paddle
+
+    try:
+        tensorrt = ".".join(map(str, inference.get_trt_runtime_version()))
+    except Exception:  # the CPU build has no TensorRT runtime: conversion will say so
+        tensorrt = "none"
+    return paddle.__version__, tensorrt

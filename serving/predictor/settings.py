@@ -43,6 +43,7 @@ class PredictorSettings:
     gpu_memory_mb: int = DEFAULT_GPU_MEMORY_MB
     engine: str = "paddle"
     cpu_spin_wait: bool = False
+    trt_fallback: str = "none"
 
 
 def summary(exc: BaseException, limit: int = 300) -> str:
@@ -158,4 +159,5 @@ def settings_from_conf(conf: LocalServiceConf, model_config: GeneralModelConfig,
         trt_cache_dir=Path(conf.trt_cache_dir) if conf.trt_cache_dir else model_dir / TRT_CACHE_FOLDER,
         engine=engine_of(conf, device, path),
         cpu_spin_wait=conf.cpu_spin_wait,
+        trt_fallback=conf.trt_fallback,
     )

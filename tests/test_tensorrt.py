@@ -1,0 +1,161 @@
+"""PIR-TensorRT: what the kit asks paddle.tensorrt for, its cache, and every way TensorRT can fail to engage.
+
+paddle.tensorrt exists only in Paddle's GPU build; a stand-in module records the calls (the real CPU build's
+missing module is tested as it is).
+"""
+
+import json
+import logging
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from paddle import inference
+
+from serving.config import LocalServiceConf
+from serving.model_config import SERVER_CONF, read_config
+from serving.model_files import find_program
+from serving.predictor import settings_from_conf
+from serving.predictor.settings import PredictorSettings
+from serving.predictor.tensorrt import ENGINE_OP, TensorRTUnavailableError, needs_conversion, prepare
+from tests.test_predictor import RecordingConfig
+
+GPU = "NVIDIA H200"
+VERSIONS = ("3.3.1", "10.9.0")
+
+
+class StandInTensorRT(types.ModuleType):
+    """paddle.tensorrt's surface (Input, TensorRTConfig, PrecisionMode, convert), recording each conversion."""
+
+    def __init__(self, engine_ops: int = 2, fail: bool = False) -> None:
+        super().__init__("paddle.tensorrt")
+        self.engine_ops, self.fail = engine_ops, fail
+        self.conversions: list[tuple[str, dict, list[dict]]] = []
+        self.PrecisionMode = types.SimpleNamespace(FP32="FP32", FP16="FP16", INT8="INT8")
+        self.Input = lambda **kwargs: kwargs
+        self.TensorRTConfig = lambda **kwargs: kwargs
+
+    def convert(self, model_path: str, config: dict) -> object:
+        prefix = Path(config["save_model_dir"])
+        prefix.with_suffix(".json").write_text('{"program": "converted"}')
+        if self.fail:
+            raise RuntimeError("TensorRT builder failed: out of memory")
+        prefix.with_suffix(".pdiparams").write_bytes(b"params")
+        self.conversions.append((model_path, {k: v for k, v in config.items() if k != "inputs"}, config["inputs"]))
+        ops = [ENGINE_OP] * self.engine_ops + ["pd_op.feed", "pd_op.fetch"]
+        block = types.SimpleNamespace(ops=[types.SimpleNamespace(name=lambda name=name: name) for name in ops])
+        return types.SimpleNamespace(global_block=lambda: block)
+
+
+@pytest.fixture
+def stand_in(monkeypatch: pytest.MonkeyPatch) -> Callable[..., StandInTensorRT]:
+    def install(**kwargs: object) -> StandInTensorRT:
+        module = StandInTensorRT(**kwargs)
+        monkeypatch.setitem(sys.modules, "paddle.tensorrt", module)
+        return module
+
+    return install
+
+
+@pytest.fixture(scope="module")
+def server_dir(squeezenet_root: Path) -> Path:
+    return squeezenet_root / "serving_server"
+
+
+@pytest.fixture
+def trt_settings(server_dir: Path, tmp_path: Path) -> PredictorSettings:
+    conf = LocalServiceConf(model_config=str(server_dir), device_type=2, devices="0", precision="fp16",
+                            max_batch_size=8, trt_workspace_mb=512, min_subgraph_size=5,
+                            trt_cache_dir=str(tmp_path / "cache"))
+    conf.validate("op.imagenet.local_service_conf")
+    return settings_from_conf(conf, read_config(server_dir / SERVER_CONF))
+
+
+def test_conversion_asks_for_every_batch_shape_precision_and_workspace(
+        stand_in: Callable[..., StandInTensorRT], trt_settings: PredictorSettings, server_dir: Path) -> None:
+    module = stand_in()
+    program, params = find_program(server_dir)
+    assert program.suffix == ".json" and needs_conversion(trt_settings, program)
+    converted = prepare(trt_settings, program, params, GPU, VERSIONS)
+    ((path, config, inputs),) = module.conversions
+    assert path == str(program)
+    assert inputs == [{"min_input_shape": (1, 3, 224, 224), "optim_input_shape": (4, 3, 224, 224),
+                       "max_input_shape": (8, 3, 224, 224), "name": "x"}]
+    assert config["precision_mode"] == "FP16" and config["workspace_size"] == 512 * 2**20
+    assert config["min_subgraph_size"] == 5
+    assert converted.engine_ops == 2 and not converted.fallback
+    assert converted.program.parent.parent == trt_settings.trt_cache_dir
+    assert converted.program.is_file() and converted.params.is_file()
+    record = json.loads((converted.program.parent / "engine.json").read_text())
+    assert record["engine_ops"] == 2 and record["plan"]["gpu_name"] == GPU and record["plan"]["precision"] == "fp16"
+    assert converted.describe()["engine"] == "paddle-tensorrt"
+
+
+def test_the_same_plan_reuses_the_cache_and_a_changed_one_converts_again(
+        stand_in: Callable[..., StandInTensorRT], trt_settings: PredictorSettings, server_dir: Path) -> None:
+    module = stand_in()
+    program, params = find_program(server_dir)
+    first = prepare(trt_settings, program, params, GPU, VERSIONS)
+    again = prepare(trt_settings, program, params, GPU, VERSIONS)
+    assert len(module.conversions) == 1 and again == first
+    prepare(replace(trt_settings, precision="fp32"), program, params, GPU, VERSIONS)
+    prepare(trt_settings, program, params, "Tesla T4", VERSIONS)
+    prepare(trt_settings, program, params, GPU, ("3.3.1", "10.13.0"))
+    assert [config["precision_mode"] for _, config, _ in module.conversions] == ["FP16", "FP32", "FP16", "FP16"]
+    assert len(list(trt_settings.trt_cache_dir.glob("pir-*"))) == 4
+
+
+def test_a_program_with_no_engine_op_is_refused_unless_the_fallback_is_chosen(
+        stand_in: Callable[..., StandInTensorRT], trt_settings: PredictorSettings, server_dir: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    stand_in(engine_ops=0)
+    program, params = find_program(server_dir)
+    with pytest.raises(TensorRTUnavailableError, match=f"TensorRT did not engage: .* holds no {ENGINE_OP} op"):
+        prepare(trt_settings, program, params, GPU, VERSIONS)
+    with caplog.at_level(logging.WARNING, logger="serving.tensorrt"):
+        fallback = prepare(replace(trt_settings, trt_fallback="gpu"), program, params, GPU, VERSIONS)
+    assert fallback.fallback and (fallback.program, fallback.params) == (program, params)
+    assert "TENSORRT IS OFF" in caplog.text and "trt_fallback" in fallback.describe()["engine"]
+
+
+def test_the_cpu_build_says_tensorrt_cannot_engage_and_how_to_get_it(trt_settings: PredictorSettings,
+                                                                     server_dir: Path) -> None:
+    program, params = find_program(server_dir)
+    with pytest.raises(TensorRTUnavailableError, match=r"this Paddle build has no paddle.tensorrt.*paddlepaddle-gpu"):
+        prepare(trt_settings, program, params, GPU, VERSIONS)
+
+
+def test_int8_needs_a_quantized_program(stand_in: Callable[..., StandInTensorRT], trt_settings: PredictorSettings,
+                                        server_dir: Path) -> None:
+    module = stand_in()
+    program, params = find_program(server_dir)
+    with pytest.raises(TensorRTUnavailableError, match="INT8 on a PIR program needs a quantized model"):
+        prepare(replace(trt_settings, precision="int8"), program, params, GPU, VERSIONS)
+    assert module.conversions == []
+
+
+def test_a_failed_conversion_leaves_nothing_half_written(stand_in: Callable[..., StandInTensorRT],
+                                                          trt_settings: PredictorSettings, server_dir: Path) -> None:
+    stand_in(fail=True)
+    program, params = find_program(server_dir)
+    with pytest.raises(TensorRTUnavailableError, match=r"conversion of .* failed: TensorRT builder failed"):
+        prepare(trt_settings, program, params, GPU, VERSIONS)
+    assert list(trt_settings.trt_cache_dir.iterdir()) == []
+
+
+def test_legacy_pdmodel_keeps_enable_tensorrt_engine(trt_settings: PredictorSettings, tmp_path: Path) -> None:
+    assert not needs_conversion(trt_settings, tmp_path / "inference.pdmodel")
+    assert not needs_conversion(replace(trt_settings, device="gpu"), tmp_path / "inference.json")
+
+
+def test_a_converted_program_runs_on_the_gpu_without_enable_tensorrt_engine(trt_settings: PredictorSettings) -> None:
+    from serving.predictor import apply_settings
+
+    config = RecordingConfig()
+    apply_settings(config, trt_settings, 0, legacy_tensorrt=False)
+    names = [name for name, _, _ in config.calls]
+    assert names[0] == "enable_use_gpu" and config.calls[0][1][2] == inference.PrecisionType.Float32
+    assert "enable_tensorrt_engine" not in names and "enable_new_executor" in names
