@@ -6,19 +6,23 @@ missing module is tested as it is).
 
 import json
 import logging
+import shutil
 import sys
 import types
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from paddle import inference
 
 from serving.config import LocalServiceConf
+from serving.errors import ConfigError, InitError
 from serving.model_config import SERVER_CONF, read_config
 from serving.model_files import find_program
 from serving.predictor import settings_from_conf
+from serving.predictor.ort_engine import CUDA, TENSORRT, OrtEngine
 from serving.predictor.settings import PredictorSettings
 from serving.predictor.tensorrt import ENGINE_OP, TensorRTUnavailableError, needs_conversion, prepare
 from tests.test_predictor import RecordingConfig
@@ -159,3 +163,96 @@ def test_a_converted_program_runs_on_the_gpu_without_enable_tensorrt_engine(trt_
     names = [name for name, _, _ in config.calls]
     assert names[0] == "enable_use_gpu" and config.calls[0][1][2] == inference.PrecisionType.Float32
     assert "enable_tensorrt_engine" not in names and "enable_new_executor" in names
+
+
+# ONNX Runtime on GPU: the providers asked for, and the session's real providers checked
+
+
+class StandInSession:
+    """onnxruntime.InferenceSession's surface; `loaded` is what a machine's ONNX Runtime really loads."""
+
+    loaded: ClassVar[list[str]] = ["CPUExecutionProvider"]
+    created: ClassVar[list[list]] = []
+    outputs: ClassVar[list[str]] = []
+
+    def __init__(self, path: str, options: object, providers: list) -> None:
+        StandInSession.created.append(providers)
+
+    def get_providers(self) -> list[str]:
+        return list(StandInSession.loaded)
+
+    def get_inputs(self) -> list:
+        return [types.SimpleNamespace(name="x")]
+
+    def get_outputs(self) -> list:
+        return [types.SimpleNamespace(name=name) for name in StandInSession.outputs]
+
+
+@pytest.fixture
+def onnx_model(server_dir: Path, tmp_path: Path) -> Path:
+    """The export plus an inference.onnx file (the stand-in session never reads it)."""
+    folder = tmp_path / "with_onnx"
+    shutil.copytree(server_dir, folder)
+    (folder / "inference.onnx").write_bytes(b"onnx")
+    return folder
+
+
+def ort_engine(onnx_model: Path, monkeypatch: pytest.MonkeyPatch, loaded: list[str], **conf: object) -> OrtEngine:
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", StandInSession)
+    monkeypatch.setattr(StandInSession, "loaded", loaded)
+    monkeypatch.setattr(StandInSession, "created", [])
+    local = LocalServiceConf(model_config=str(onnx_model), engine="onnxruntime", devices="1", max_batch_size=8,
+                             trt_cache_dir=str(onnx_model / "cache"), **conf)
+    local.validate("op.imagenet.local_service_conf")
+    model_config = read_config(onnx_model / SERVER_CONF)
+    monkeypatch.setattr(StandInSession, "outputs", [var.name for var in model_config.fetch_var])
+    return OrtEngine(settings_from_conf(local, model_config), list(model_config.feed_var),
+                     list(model_config.fetch_var))
+
+
+def test_onnx_runtime_on_cuda_asks_for_the_card_and_checks_it_loaded(onnx_model: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = ort_engine(onnx_model, monkeypatch, [CUDA, "CPUExecutionProvider"], device_type=1)
+    assert len(engine.build_pool(2)) == 2
+    assert StandInSession.created == [[(CUDA, {"device_id": 1})]]
+    assert engine.describe() == {"providers": [CUDA, "CPUExecutionProvider"]}
+    quiet_fallback = ort_engine(onnx_model, monkeypatch, ["CPUExecutionProvider"], device_type=1)
+    with pytest.raises(InitError, match=r"did not load CUDAExecutionProvider .*onnxruntime-gpu"):
+        quiet_fallback.build_pool(1)
+
+
+def test_onnx_runtime_on_tensorrt_asks_for_shapes_fp16_and_the_engine_cache(onnx_model: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = ort_engine(onnx_model, monkeypatch, [TENSORRT, CUDA], device_type=2, precision="fp16",
+                        trt_workspace_mb=256)
+    engine.build_pool(1)
+    ((trt, options), cuda) = StandInSession.created[0]
+    assert (trt, cuda) == (TENSORRT, (CUDA, {"device_id": 1}))
+    assert options["trt_fp16_enable"] and options["trt_max_workspace_size"] == 256 * 2**20
+    assert options["trt_engine_cache_enable"] and options["trt_engine_cache_path"] == str(onnx_model / "cache" /
+                                                                                           "onnxruntime")
+    assert (options["trt_profile_min_shapes"], options["trt_profile_opt_shapes"],
+            options["trt_profile_max_shapes"]) == ("x:1x3x224x224", "x:4x3x224x224", "x:8x3x224x224")
+
+
+def test_onnx_runtime_without_its_tensorrt_provider_fails_unless_the_fallback_is_chosen(
+        onnx_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(TensorRTUnavailableError, match="TensorRT cannot engage: ONNX Runtime did not load"):
+        ort_engine(onnx_model, monkeypatch, [CUDA, "CPUExecutionProvider"], device_type=2).build_pool(1)
+    fallback = ort_engine(onnx_model, monkeypatch, [CUDA, "CPUExecutionProvider"], device_type=2,
+                          trt_fallback="gpu")
+    with caplog.at_level(logging.WARNING, logger="serving.ort"):
+        fallback.build_pool(1)
+    assert "TENSORRT IS OFF" in caplog.text
+    with pytest.raises(TensorRTUnavailableError):  # nothing to fall back to: not even CUDA loaded
+        ort_engine(onnx_model, monkeypatch, ["CPUExecutionProvider"], device_type=2, trt_fallback="gpu").build_pool(1)
+
+
+def test_onnx_runtime_int8_on_tensorrt_is_refused_at_load(onnx_model: Path) -> None:
+    local = LocalServiceConf(model_config=str(onnx_model), engine="onnxruntime", device_type=2, devices="0",
+                             precision="int8")
+    local.validate("op.imagenet.local_service_conf")
+    with pytest.raises(ConfigError, match="ONNX Runtime's TensorRT provider runs fp32 or fp16"):
+        settings_from_conf(local, read_config(onnx_model / SERVER_CONF))

@@ -56,8 +56,7 @@ class LocalPredictor:
     def engine_info(self) -> dict:
         """Which engine runs the model, on what, at what precision; with TensorRT, how many ops it took."""
         info = {"engine": self._settings.engine, "device": self._settings.device, "precision": self._settings.precision}
-        tensorrt = getattr(self._engine, "tensorrt", None)
-        return {**info, **tensorrt.describe()} if tensorrt is not None else info
+        return {**info, **self._engine.describe()}
 
     @property
     def feed_names(self) -> list[str]:

@@ -1,5 +1,11 @@
-"""The ONNX Runtime engine: one CPU session shared by the pool (its Run is thread-safe), threads as configured."""
+"""The ONNX Runtime engine: one session shared by the pool (its Run is thread-safe), on CPU, CUDA or TensorRT.
 
+On a GPU, ONNX Runtime quietly falls back to its CPU provider when the CUDA or TensorRT provider fails
+to load; the session's providers are checked after creation, and start-up fails (or, for TensorRT with
+trt_fallback: gpu, warns) instead of serving on another device than configured.
+"""
+
+import logging
 import os
 from pathlib import Path
 
@@ -7,14 +13,20 @@ import numpy as np
 
 from serving.errors import InitError
 from serving.predictor.settings import ONNX_FILE, PredictorSettings, summary
+from serving.predictor.tensorrt import TensorRTUnavailableError
 from serving.proto.general_model_config_pb2 import FeedVar, FetchVar
+
+log = logging.getLogger("serving.ort")
+CUDA, TENSORRT = "CUDAExecutionProvider", "TensorrtExecutionProvider"
+GPU_HINT = "install onnxruntime-gpu in place of onnxruntime (pip install '.[gpu]'), with CUDA and TensorRT libraries"
 
 
 class OrtEngine:
-    """`inference.onnx` (written by `python -m export --onnx`) on ONNX Runtime's CPU provider."""
+    """`inference.onnx` (written by `python -m export --onnx`) on the settings' device."""
 
     def __init__(self, settings: PredictorSettings, feeds: list[FeedVar], fetches: list[FetchVar]) -> None:
         self._settings, self._feeds, self._fetches = settings, feeds, fetches
+        self.providers: list[str] = []
 
     def build_pool(self, pool_size: int) -> list[object]:
         """One session lent out `pool_size` times: concurrent runs share its intra-op thread pool."""
@@ -33,9 +45,10 @@ class OrtEngine:
         options.log_severity_level = 3
         path = Path(self._settings.model_dir) / ONNX_FILE
         try:
-            session = onnxruntime.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(os.fspath(path), options, providers=providers(self._settings))
         except Exception as exc:
             raise InitError(f"cannot create the ONNX Runtime session for {path}: {summary(exc)}") from exc
+        self.providers = checked_providers(self._settings, session.get_providers())
         inputs = [item.name for item in session.get_inputs()]
         outputs = [item.name for item in session.get_outputs()]
         missing = [var.name for var in self._feeds if var.name not in inputs]
@@ -44,6 +57,41 @@ class OrtEngine:
             raise InitError(f"{path} lacks {missing} named by the model config (inputs {inputs}, outputs {outputs})")
         return [session] * pool_size
 
+    def describe(self) -> dict:
+        """For /metadata and the start-up log: the providers the session really runs on."""
+        return {"providers": list(self.providers)}
+
     def run(self, session: object, arrays: dict[str, np.ndarray], fetch: list[str]) -> list[np.ndarray]:
         """One Run; ORT reads the numpy buffers in place."""
         return session.run(fetch, arrays)
+
+
+def providers(settings: PredictorSettings) -> list:
+    """The execution providers for the settings' device: CPU; CUDA on the first card; TensorRT then CUDA."""
+    if settings.device == "cpu":
+        return ["CPUExecutionProvider"]
+    cuda = (CUDA, {"device_id": settings.gpu_ids[0]})
+    if settings.device == "gpu":
+        return [cuda]
+    shapes = {stage: ",".join(f"{name}:{'x'.join(map(str, ranges[index]))}"
+                              for name, ranges in settings.dynamic_shapes.items())
+              for index, stage in enumerate(("min", "opt", "max"))}
+    return [(TENSORRT, {"device_id": settings.gpu_ids[0], "trt_fp16_enable": settings.precision == "fp16",
+                        "trt_max_workspace_size": settings.trt_workspace_bytes,
+                        "trt_min_subgraph_size": settings.min_subgraph_size,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": os.fspath(settings.trt_cache_dir / "onnxruntime"),
+                        "trt_profile_min_shapes": shapes["min"], "trt_profile_opt_shapes": shapes["opt"],
+                        "trt_profile_max_shapes": shapes["max"]}), cuda]
+
+
+def checked_providers(settings: PredictorSettings, active: list[str]) -> list[str]:
+    """The session's providers, if they are the configured device's; otherwise one clear error (or the fallback)."""
+    if settings.device == "gpu" and CUDA not in active:
+        raise InitError(f"ONNX Runtime did not load {CUDA} (session providers: {active}); {GPU_HINT}")
+    if settings.device == "tensorrt" and TENSORRT not in active:
+        message = f"ONNX Runtime did not load {TENSORRT} (session providers: {active}); {GPU_HINT}"
+        if settings.trt_fallback != "gpu" or CUDA not in active:
+            raise TensorRTUnavailableError(f"TensorRT cannot engage: {message}")
+        log.warning("TENSORRT IS OFF: %s; running on %s because trt_fallback is gpu", message, CUDA)
+    return active

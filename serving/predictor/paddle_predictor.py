@@ -95,6 +95,10 @@ class PaddleEngine:
                 raise InitError(f"cannot clone the predictor for {self._settings.model_dir}: {summary(exc)}") from exc
         return [group[i] for i in range(pool_size) for group in per_device]
 
+    def describe(self) -> dict:
+        """For /metadata and the start-up log: with TensorRT, the converted program and its engine ops."""
+        return self.tensorrt.describe() if self.tensorrt is not None else {}
+
     def _create(self, gpu_id: int | None) -> inference.Predictor:
         """One predictor from the model folder's program, checked against the model config's names."""
         where = "CPU" if gpu_id is None else f"GPU {gpu_id}"

@@ -104,9 +104,9 @@ def engine_of(conf: LocalServiceConf, device: str, path: str) -> str:
     has_onnx = (Path(conf.model_config) / ONNX_FILE).is_file()
     if conf.engine == "auto":
         return "onnxruntime" if device == "cpu" and has_onnx else "paddle"
-    if conf.engine == "onnxruntime" and device != "cpu":
-        raise ConfigError.invalid(f"{path}.engine", conf.engine,
-                                  "ONNX Runtime runs on CPU here; GPU and TensorRT use engine paddle")
+    if conf.engine == "onnxruntime" and device == "tensorrt" and conf.precision == "int8":
+        raise ConfigError.invalid(f"{path}.precision", conf.precision,
+                                  "ONNX Runtime's TensorRT provider runs fp32 or fp16 here; int8 uses engine paddle")
     if conf.engine == "onnxruntime" and not has_onnx:
         raise ConfigError.invalid(f"{path}.engine", conf.engine,
                                   f"no {ONNX_FILE} in {conf.model_config}; export with --onnx")
