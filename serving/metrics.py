@@ -47,6 +47,8 @@ BATCH = Histogram("serving_batch_size", "Rows per predictor call, by op.", ("op"
                   registry=REGISTRY)
 INFLIGHT = Gauge("serving_inflight_requests", "Requests being answered now, by protocol.", ("protocol",),
                  multiprocess_mode="livesum", registry=REGISTRY)
+TENSORRT_OPS = Gauge("serving_tensorrt_engine_ops", "Ops of an op's model that run in TensorRT engines (0: TensorRT "
+                     "is off by trt_fallback), by op.", ("op",), multiprocess_mode="max", registry=REGISTRY)
 QUEUE = Gauge("serving_op_queue_depth", "Requests waiting for a thread of the op, by op.", ("op",),
               multiprocess_mode="livesum", registry=REGISTRY)
 

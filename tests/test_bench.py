@@ -386,3 +386,31 @@ def test_cpu_split_is_per_request_on_each_side() -> None:
     assert row["busy_cores"] == pytest.approx(1.68)
     args = argparse.Namespace(model="SqueezeNet1_1", seconds=5.0, concurrency=8)
     assert "| pipeline | http | 160.0 | 10.00 | 0.50 | 1.68 |" in markdown([row], args).splitlines()
+
+
+def test_gpu_check_says_what_is_missing_and_its_pipeline_runs_on_cpu_engines(capsys: pytest.CaptureFixture) -> None:
+    from bench import gpu_check
+
+    assert gpu_check.main(["--models", "SqueezeNet1_1"]) == 2  # the CPU build of Paddle
+    assert "is the CPU build: install paddlepaddle-gpu" in capsys.readouterr().err
+    cpu_engines = [gpu_check.Engine("paddle-cpu", {"engine": "paddle"}, "fp32"),
+                   gpu_check.Engine("ort-cpu", {"engine": "onnxruntime"}, "fp32")]
+    args = argparse.Namespace(models=["SqueezeNet1_1"], batches=[1, 4], repeat=2)
+    rows = gpu_check.run(args, cpu_engines)
+    assert [(row["engine"], row["batch"]) for row in rows] == [("paddle-cpu", 1), ("paddle-cpu", 4), ("ort-cpu", 1),
+                                                               ("ort-cpu", 4)]
+    assert all(row["ok"] and row["top1_equal"] for row in rows), rows
+    assert rows[1]["seed_t4_ms"] == 1.88 and rows[2]["runtime"]["engine"] == "onnxruntime"
+    table = gpu_check.markdown(rows, ["onnxruntime has no CUDAExecutionProvider"])
+    assert "| SqueezeNet1_1 | ort-cpu | 4 |" in table and "- skipped: onnxruntime has no" in table
+
+
+def test_gpu_check_agreement_per_precision() -> None:
+    from bench.gpu_check import agreement
+
+    reference = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    assert agreement(reference, reference + 5e-5, "fp32")["ok"]
+    assert not agreement(reference, reference + 5e-4, "fp32")["ok"]
+    assert agreement(reference, reference + 5e-3, "fp16")["ok"]
+    flipped = np.array([[0.2, 0.7, 0.1], [0.1, 0.3, 0.6]])
+    assert agreement(reference, flipped, "fp16") == {"max_diff": pytest.approx(0.5), "top1_equal": False, "ok": False}

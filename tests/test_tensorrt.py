@@ -256,3 +256,20 @@ def test_onnx_runtime_int8_on_tensorrt_is_refused_at_load(onnx_model: Path) -> N
     local.validate("op.imagenet.local_service_conf")
     with pytest.raises(ConfigError, match="ONNX Runtime's TensorRT provider runs fp32 or fp16"):
         settings_from_conf(local, read_config(onnx_model / SERVER_CONF))
+
+
+def test_an_op_running_without_tensorrt_says_so_in_its_metrics() -> None:
+    from serving import metrics
+    from serving.config import LimitsConfig, OpConfig
+    from serving.pipeline.op import Op
+
+    class FellBack:
+        """A predictor's start-up facts after trt_fallback: gpu took over."""
+
+        engine_info = {"engine": "paddle-gpu (TensorRT off: trt_fallback)", "tensorrt_engine_ops": 0}
+        max_batch_size = 8
+
+    op = Op(name="trt_probe")
+    op.configure(OpConfig(local_service_conf=LocalServiceConf(model_config="unused")), LimitsConfig())
+    op.start(lambda _: FellBack())
+    assert 'serving_tensorrt_engine_ops{op="trt_probe"} 0.0' in metrics.render().decode()

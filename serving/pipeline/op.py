@@ -111,6 +111,9 @@ class Op:
                 raise InitError(f"op {self.name}: cannot create the predictor: {exc}") from exc
             if hasattr(self.predictor, "warm_up"):
                 self.predictor.warm_up()
+            engine_ops = getattr(self.predictor, "engine_info", {}).get("tensorrt_engine_ops")
+            if engine_ops is not None:  # a TensorRT op: how much of its model TensorRT took, 0 when it is off
+                metrics.TENSORRT_OPS.labels(op=self.name).set(engine_ops)
             if self.batching:
                 conf = self.config.local_service_conf
                 self._batcher = Batcher(self._predict,
