@@ -24,7 +24,7 @@ from serving.model_files import find_program
 from serving.predictor import settings_from_conf
 from serving.predictor.ort_engine import CUDA, TENSORRT, OrtEngine
 from serving.predictor.settings import PredictorSettings
-from serving.predictor.tensorrt import ENGINE_OP, TensorRTUnavailableError, needs_conversion, prepare
+from serving.predictor.tensorrt import ENGINE_OP, TensorRTUnavailableError, make_plan, needs_conversion, prepare
 from tests.test_predictor import RecordingConfig
 
 GPU = "NVIDIA H200"
@@ -34,9 +34,9 @@ VERSIONS = ("3.3.1", "10.9.0")
 class StandInTensorRT(types.ModuleType):
     """paddle.tensorrt's surface (Input, TensorRTConfig, PrecisionMode, convert), recording each conversion."""
 
-    def __init__(self, engine_ops: int = 2, fail: bool = False) -> None:
+    def __init__(self, engine_ops: int = 2, fail: bool = False, meanwhile: Callable[[], None] | None = None) -> None:
         super().__init__("paddle.tensorrt")
-        self.engine_ops, self.fail = engine_ops, fail
+        self.engine_ops, self.fail, self.meanwhile = engine_ops, fail, meanwhile
         self.conversions: list[tuple[str, dict, list[dict]]] = []
         self.PrecisionMode = types.SimpleNamespace(FP32="FP32", FP16="FP16", INT8="INT8")
         self.Input = lambda **kwargs: kwargs
@@ -48,6 +48,8 @@ class StandInTensorRT(types.ModuleType):
         if self.fail:
             raise RuntimeError("TensorRT builder failed: out of memory")
         prefix.with_suffix(".pdiparams").write_bytes(b"params")
+        if self.meanwhile is not None:
+            self.meanwhile()
         self.conversions.append((model_path, {k: v for k, v in config.items() if k != "inputs"}, config["inputs"]))
         ops = [ENGINE_OP] * self.engine_ops + ["pd_op.feed", "pd_op.fetch"]
         block = types.SimpleNamespace(ops=[types.SimpleNamespace(name=lambda name=name: name) for name in ops])
@@ -148,6 +150,24 @@ def test_a_failed_conversion_leaves_nothing_half_written(stand_in: Callable[...,
     with pytest.raises(TensorRTUnavailableError, match=r"conversion of .* failed: TensorRT builder failed"):
         prepare(trt_settings, program, params, GPU, VERSIONS)
     assert list(trt_settings.trt_cache_dir.iterdir()) == []
+
+
+def test_a_worker_that_finished_the_same_conversion_first_wins(stand_in: Callable[..., StandInTensorRT],
+                                                              trt_settings: PredictorSettings,
+                                                              server_dir: Path) -> None:
+    program, params = find_program(server_dir)
+    final = trt_settings.trt_cache_dir / f"pir-{make_plan(trt_settings, program, GPU, VERSIONS).key}"
+
+    def other_worker_finishes() -> None:
+        final.mkdir(parents=True)
+        (final / "inference.json").write_text("{}")
+        (final / "inference.pdiparams").write_bytes(b"params")
+        (final / "engine.json").write_text('{"engine_ops": 2}')
+
+    stand_in(meanwhile=other_worker_finishes)
+    converted = prepare(trt_settings, program, params, GPU, VERSIONS)
+    assert (converted.program, converted.engine_ops) == (final / "inference.json", 2)
+    assert [path.name for path in trt_settings.trt_cache_dir.iterdir()] == [final.name]
 
 
 def test_legacy_pdmodel_keeps_enable_tensorrt_engine(trt_settings: PredictorSettings, tmp_path: Path) -> None:
@@ -266,7 +286,7 @@ def test_an_op_running_without_tensorrt_says_so_in_its_metrics() -> None:
     class FellBack:
         """A predictor's start-up facts after trt_fallback: gpu took over."""
 
-        engine_info = {"engine": "paddle-gpu (TensorRT off: trt_fallback)", "tensorrt_engine_ops": 0}
+        engine_info: ClassVar[dict] = {"engine": "paddle-gpu (TensorRT off: trt_fallback)", "tensorrt_engine_ops": 0}
         max_batch_size = 8
 
     op = Op(name="trt_probe")

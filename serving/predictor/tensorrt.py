@@ -132,7 +132,7 @@ def _converted(settings: PredictorSettings, program: Path, gpu_name: str, versio
         engine_ops = sum(op.name() == ENGINE_OP for op in converted.global_block().ops)
         (staging / RECORD).write_text(json.dumps({"engine_ops": engine_ops, "plan": asdict(plan)}, indent=1),
                                       encoding="utf-8")
-        staging.replace(folder)
+        _move_into_place(staging, folder)
     except TensorRTUnavailableError:
         raise
     except Exception as exc:
@@ -141,6 +141,15 @@ def _converted(settings: PredictorSettings, program: Path, gpu_name: str, versio
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return _checked(TrtProgram(folder / "inference.json", folder / "inference.pdiparams", engine_ops))
+
+
+def _move_into_place(staging: Path, folder: Path) -> None:
+    """Rename the finished conversion into the cache; a worker process that got there first wins."""
+    try:
+        staging.replace(folder)
+    except OSError:
+        if not (folder / RECORD).is_file():
+            raise
 
 
 def _trt_config(tensorrt: Any, settings: PredictorSettings, save_prefix: Path) -> Any:
