@@ -20,6 +20,7 @@ import yaml
 from clients import PipelineClient
 from export import inference_io
 from pipelines.web_service import ImageService
+from serving.errors import InitError
 from serving.model_card import load_card
 from serving.pipeline import Op
 from serving.proto import pipeline_service_pb2 as pb
@@ -333,3 +334,41 @@ def test_a_paddle_serving_era_process_override_still_runs(model_dir: Path) -> No
         svc.stop()
     assert answer["err_no"] == 0, answer
     assert seen == [77]
+
+
+SHIPPED_CONFIG = """\
+#rpc端口, rpc_port和http_port不允许同时为空。当rpc_port为空且http_port不为空时，会自动将rpc_port设置为http_port+1
+rpc_port: 0
+#http端口
+http_port: 0
+#worker_num, 最大并发数
+worker_num: 1
+dag:
+    #op资源类型, True, 为线程模型；False，为进程模型
+    is_thread_op: False
+    #使用性能分析
+    tracer:
+        interval_s: 10
+op:
+    imagenet:
+        concurrency: 1
+        local_service_conf:
+            #uci模型路径
+            model_config: ResNet50_vd_serving/
+            #计算硬件类型: 0=cpu, 1=gpu, 2=tensorRT
+            device_type: 1
+            devices: "0" # "0,1"
+            client_type: local_predictor
+            fetch_list: ["prediction"]
+"""
+
+
+def test_paddle_serving_s_shipped_config_loads_and_a_gpu_request_on_the_cpu_build_says_what_to_set(
+        model_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "ResNet50_vd_serving").symlink_to(model_dir, target_is_directory=True)
+    (tmp_path / "config.yml").write_text(SHIPPED_CONFIG, encoding="utf-8")
+    svc = ImageService(name="imagenet")
+    config = svc.prepare_pipeline_config(str(tmp_path / "config.yml"))
+    assert config.op["imagenet"].local_service_conf.device_type == 1
+    with pytest.raises(InitError, match=r'is the CPU build: set device_type: 0 and devices: "" to run on the CPU'):
+        svc.start()

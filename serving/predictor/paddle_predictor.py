@@ -81,6 +81,7 @@ class PaddleEngine:
 
     def build_pool(self, pool_size: int) -> list[inference.Predictor]:
         """Per device: one created predictor plus clones sharing its weights; interleaved for round-robin use."""
+        _check_gpu_build(self._settings)
         program, params = find_program(self._settings.model_dir)
         if needs_conversion(self._settings, program):  # before the server reports ready
             self.tensorrt = prepare(self._settings, program, params, _gpu_name(self._settings.gpu_ids[0]),
@@ -134,6 +135,17 @@ class PaddleEngine:
             handle.copy_from_cpu(np.ascontiguousarray(array))
         predictor.run()
         return [predictor.get_output_handle(name).copy_to_cpu() for name in fetch]
+
+
+def _check_gpu_build(settings: PredictorSettings) -> None:
+    """A GPU request on Paddle's CPU build would log an error and quietly run on the CPU: refuse it instead."""
+    import paddle
+
+    if settings.device != "cpu" and not paddle.is_compiled_with_cuda():
+        cards = ",".join(map(str, settings.gpu_ids))
+        raise InitError(f"{settings.device} requested (devices \"{cards}\") but Paddle {paddle.__version__} is the "
+                        "CPU build: set device_type: 0 and devices: \"\" to run on the CPU, or install "
+                        "paddlepaddle-gpu")
 
 
 def _gpu_name(gpu_id: int) -> str:
