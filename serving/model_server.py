@@ -129,11 +129,11 @@ class ModelServer:
     def __init__(self, service: ModelService, args: argparse.Namespace) -> None:
         self.args = args
         self.security = security_from_args(args)
-        checked = self.limits = limits_from_args(args)
-        limits = ServerLimits(max_body_bytes=checked.max_body_bytes,
-                              idle_timeout_s=checked.keepalive_timeout_ms / 1000,
-                              max_connections=checked.max_connections,
-                              client_timeout_s=checked.client_timeout_ms / 1000)
+        self.limits = limits_from_args(args)  # the port's own flags: a service may be shared by several servers
+        limits = ServerLimits(max_body_bytes=self.limits.max_body_bytes,
+                              idle_timeout_s=self.limits.keepalive_timeout_ms / 1000,
+                              max_connections=self.limits.max_connections,
+                              client_timeout_s=self.limits.client_timeout_ms / 1000)
         self.dataplane = DataPlane(service, args.max_inflight, inflight_setting="--max_inflight")
         self.brpc = BrpcServer([rpc_service(self.dataplane)], http_routes(self.dataplane), args.max_inflight + 1,
                                limits, security=self.security)  # one thread more than admitted, to refuse at once

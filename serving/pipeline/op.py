@@ -41,6 +41,8 @@ class Op:
         self.dynamic_shape_info: dict = {}
         self.predictor: Any = None
         self._batcher: Batcher | None = None
+        # Ours and newer overrides of process() take the request context; Paddle Serving-era ones do not.
+        self._process_takes_ctx = "ctx" in inspect.signature(self.process).parameters
 
     # ---- hooks a user overrides -------------------------------------------------------------------------------
     def init_op(self) -> None:
@@ -146,11 +148,6 @@ class Op:
             info.update({key: facts.get(key) for key in ("model", "num_classes", "input", "preprocessing", "params",
                                                           "flops", "weights", "paddle_version")})
         return info
-
-    @property
-    def _process_takes_ctx(self) -> bool:
-        """Ours and newer overrides take the request context; Paddle Serving-era overrides do not."""
-        return "ctx" in inspect.signature(self.process).parameters
 
     @property
     def batching(self) -> bool:

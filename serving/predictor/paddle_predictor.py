@@ -1,5 +1,7 @@
 """The Paddle Inference engine: `apply_settings` (the one place that configures a Config) and its predictors."""
 
+from pathlib import Path
+
 import numpy as np
 from paddle import inference
 
@@ -86,10 +88,11 @@ class PaddleEngine:
         if needs_conversion(self._settings, program):  # before the server reports ready
             self.tensorrt = prepare(self._settings, program, params, _gpu_name(self._settings.gpu_ids[0]),
                                     _versions())
+            program, params = self.tensorrt.program, self.tensorrt.params
         devices = list(self._settings.gpu_ids) if self._settings.device != "cpu" else [None]
         per_device = []
         for gpu_id in devices:
-            first = self._create(gpu_id)
+            first = self._create(gpu_id, program, params)
             try:
                 per_device.append([first] + [first.clone() for _ in range(pool_size - 1)])
             except Exception as exc:
@@ -100,13 +103,10 @@ class PaddleEngine:
         """For /metadata and the start-up log: with TensorRT, the converted program and its engine ops."""
         return self.tensorrt.describe() if self.tensorrt is not None else {}
 
-    def _create(self, gpu_id: int | None) -> inference.Predictor:
-        """One predictor from the model folder's program, checked against the model config's names."""
+    def _create(self, gpu_id: int | None, program: Path, params: Path) -> inference.Predictor:
+        """One predictor from the program (the model folder's, or its TensorRT conversion), names checked."""
         where = "CPU" if gpu_id is None else f"GPU {gpu_id}"
         try:
-            program, params = find_program(self._settings.model_dir)
-            if self.tensorrt is not None:
-                program, params = self.tensorrt.program, self.tensorrt.params
             config = inference.Config(str(program), str(params))
             apply_settings(config, self._settings, gpu_id, legacy_tensorrt=self.tensorrt is None)
             predictor = inference.create_predictor(config)

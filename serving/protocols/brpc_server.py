@@ -124,7 +124,7 @@ class BrpcServer:
 
         As in brpc, authentication is per connection: once a frame carried the token, later frames need not.
         """
-        lock, tasks, authorized = asyncio.Lock(), set(), self.auth is None
+        lock, tasks, authorized, client = asyncio.Lock(), set(), self.auth is None, _peer(writer)
         try:
             while True:
                 frame = await asyncio.wait_for(baidu_std.read_frame(reader, self.limits.max_body_bytes, first),
@@ -135,7 +135,7 @@ class BrpcServer:
                 if not frame.meta.HasField("request"):
                     raise FrameError("a request frame without RpcMeta.request")
                 authorized = authorized or self.auth.accepts(frame.meta.authentication_data)
-                task = asyncio.create_task(self._answer(frame, writer, lock, authorized, _peer(writer)))
+                task = asyncio.create_task(self._answer(frame, writer, lock, authorized, client))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         finally:

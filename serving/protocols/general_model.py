@@ -14,11 +14,12 @@ from google.protobuf.message import DecodeError
 
 from serving.context import RequestContext
 from serving.dataplane import DataPlane
-from serving.errors import ErrorCode, PayloadError, wire_status_of
+from serving.errors import DeadlineExceededError, ErrorCode, PayloadError, wire_status_of
 from serving.model_service import SERVICE_NAME
 from serving.proto import general_model_service_pb2 as gm
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.protocols.brpc_server import Route, RpcService
+from serving.protocols.grpc_server import client_timeout_ms
 from serving.protocols.http_common import DEEP_JSON
 
 ModelDataPlane = DataPlane[gm.Request, gm.Response]
@@ -73,10 +74,10 @@ class ModelServicer(gm_grpc.GeneralModelServiceServicer):
 
     def inference(self, request: gm.Request, context: grpc.ServicerContext) -> gm.Response:
         """Errors travel in err_no / err_msg (overload: RESOURCE_EXHAUSTED); a call already late is not computed."""
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
+        try:
+            timeout_ms = client_timeout_ms(context)
+        except DeadlineExceededError:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed while it was queued")
-        timeout_ms = remaining * 1000 if remaining is not None and remaining < 1e9 else 0.0
         ctx = RequestContext.arrived("grpc", context.peer(), request.log_id, timeout_ms)
         answer = self.dataplane.infer(request, ctx)
         code = wire_status_of(answer.error).grpc_code

@@ -34,13 +34,13 @@ class PipelineServicer(pb_grpc.PipelineServiceServicer):
         """Errors travel in err_no/err_msg, as Paddle Serving's clients expect, never as gRPC status."""
         try:
             decoded = request_from_proto(request, context.peer())
-            ctx = RequestContext.arrived("grpc", decoded.clientip, decoded.logid, _client_timeout_ms(context))
+            ctx = RequestContext.arrived("grpc", decoded.clientip, decoded.logid, client_timeout_ms(context))
         except (InputError, DeadlineExceededError) as exc:
             return response_to_proto(PipelineResponse.from_error(exc))
         return response_to_proto(self.dataplane.infer(decoded, ctx).response)
 
 
-def _client_timeout_ms(context: grpc.ServicerContext) -> float:
+def client_timeout_ms(context: grpc.ServicerContext) -> float:
     """What is left of the caller's gRPC deadline, in ms (0: none); a passed one is refused before any work."""
     remaining = context.time_remaining()
     if remaining is None or remaining > 1e9:
