@@ -1,9 +1,17 @@
 """Every serving error is a typed exception with a Paddle Serving err_no; wire mappings live here only."""
 
+import sysconfig
+import traceback
 from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import Path
 
 import grpc
+
+# Text of NumPy 2's errors for what it removed that Paddle Serving-era scripts still call.
+NUMPY2_REMOVALS = ("The binary mode of fromstring is removed",)
+_LIBRARY_DIRS = tuple(str(Path(sysconfig.get_paths()[key]).resolve()) for key in ("stdlib", "purelib", "platlib"))
+_SERVING_DIR = str(Path(__file__).resolve().parent)
 
 
 class ErrorCode(IntEnum):
@@ -178,3 +186,25 @@ def error_of(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, ServingError):
         return int(exc.code), exc.message
     return int(ErrorCode.UNKNOWN), f"internal error: {type(exc).__name__}: {exc}"
+
+
+def user_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The innermost frame of `exc` in the user's own code (not the kit, the standard library or a package)."""
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
+              if not str(Path(frame.filename).resolve()).startswith((_SERVING_DIR, *_LIBRARY_DIRS))]
+    return frames[-1] if frames else None
+
+
+def numpy2_hint(exc: BaseException, script: str) -> str:
+    """What to run when `exc` is NumPy 2 refusing something it removed; "" otherwise."""
+    if not any(text in str(exc) for text in NUMPY2_REMOVALS):
+        return ""
+    return f"NumPy 2 removed binary np.fromstring; `python -m serving.migrate {script} --write` rewrites it"
+
+
+def user_code_error(op: str, exc: Exception) -> "ServingError":
+    """A user hook's unexpected exception as err_msg: where in the user's file it arose, and any known fix."""
+    frame = user_frame(exc)
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    hint = numpy2_hint(exc, Path(frame.filename).name if frame else "SCRIPT")
+    return ServingError(f"op {op}: {type(exc).__name__}: {exc}{where}" + (f"; {hint}" if hint else ""))

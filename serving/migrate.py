@@ -3,8 +3,8 @@
     python -m serving.migrate SCRIPT [SCRIPT ...] [--write]
 
 Prints a unified diff; only `--write` changes the file (keeping SCRIPT.bak). Imports with no kit
-equivalent (OCR, NLP and video readers, detection post-processing, paddle_serving_client.utils) are
-reported with their line, and left as they are.
+equivalent (OCR, NLP and video readers, detection post-processing) are reported with their line, and left
+as they are. The same table tells `python -m serving.compat` which kit module answers each Paddle Serving name.
 """
 
 import argparse
@@ -26,6 +26,8 @@ MODULES: dict[str, tuple[str, frozenset[str] | None]] = {
         "Sequential", "String2Image", "Base64ToImage", "File2Image", "URL2Image", "Resize", "CenterCrop",
         "RGB2BGR", "BGR2RGB", "Transpose", "Div", "Normalize", "Lambda"})),
     "paddle_serving_client": ("clients.brpc_client", frozenset({"Client"})),
+    "paddle_serving_client.utils": ("clients.benchmark", frozenset({"MultiThreadRunner", "benchmark_args",
+                                                                    "show_latency"})),
 }
 # Names that live in another kit module than the rest of their Paddle Serving module.
 NAMES: dict[tuple[str, str], str] = {("paddle_serving_server.pipeline", "PipelineClient"): "clients"}

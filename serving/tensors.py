@@ -116,3 +116,19 @@ def _shaped(label: str, flat: np.ndarray, shape: list[int]) -> np.ndarray:
     if int(np.prod(shape)) != flat.size:
         raise InputError(f"{label}: shape {shape} needs {int(np.prod(shape))} elements but the tensor has {flat.size}")
     return flat.reshape(shape)
+
+
+def as_feed_types(feed: dict, feed_vars: list) -> dict:
+    """Numeric arrays cast to their feed's declared type within the same kind (float64 -> float32), as Paddle
+    Serving's LocalPredictor does for what a preprocess returns; other mismatches are left for the check."""
+    by_key = {var.alias_name: var for var in feed_vars} | {var.name: var for var in feed_vars}
+    if len(feed_vars) == 1 and len(feed) == 1:  # one feed answers to any key, as in the predictor's check
+        by_key = {key: feed_vars[0] for key in feed}
+    cast = {}
+    for key, value in feed.items():
+        target = DTYPE_OF.get(by_key[key].feed_type) if key in by_key else None
+        if (isinstance(value, np.ndarray) and target is not None and value.dtype != target
+                and value.dtype.kind in "biuf" and np.can_cast(value.dtype, target, "same_kind")):
+            value = value.astype(target)
+        cast[key] = value
+    return cast

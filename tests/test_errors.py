@@ -1,5 +1,7 @@
 """The one error table: err_no for every error, and the wire statuses of those a transport must see."""
 
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -14,6 +16,7 @@ from serving.errors import (
     PayloadTooLargeError,
     error_of,
     http_status_of,
+    user_code_error,
     wire_status_of,
 )
 
@@ -39,3 +42,17 @@ def test_unexpected_exceptions_are_unknown_and_travel_in_the_body() -> None:
     assert error_of(KeyError("x")) == (ErrorCode.UNKNOWN, "internal error: KeyError: 'x'")
     assert wire_status_of(KeyError("x")) == wire_status_of(None)
     assert wire_status_of(None).http_status == 200
+
+
+def test_a_user_hook_s_error_names_its_line_and_numpy_2_s_fix(tmp_path: Path) -> None:
+    script = tmp_path / "my_service.py"
+    script.write_text("import numpy as np\n\n\ndef decode(data):\n    return np.fromstring(data, np.uint8)\n")
+    namespace: dict = {}
+    exec(compile(script.read_text(), str(script), "exec"), namespace)
+    with pytest.raises(ValueError) as raised:
+        namespace["decode"](b"abc")
+    error = user_code_error("imagenet", raised.value)
+    assert error.message == ("op imagenet: ValueError: The binary mode of fromstring is removed, use frombuffer "
+                             "instead at my_service.py:5; NumPy 2 removed binary np.fromstring; "
+                             "`python -m serving.migrate my_service.py --write` rewrites it")
+    assert user_code_error("imagenet", KeyError("label")).message == "op imagenet: KeyError: 'label'"

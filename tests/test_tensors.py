@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from serving.errors import InputError
+from serving.proto.general_model_config_pb2 import FeedVar
 from serving.proto.general_model_service_pb2 import Tensor
-from serving.tensors import ElemType, to_array, to_tensor
+from serving.tensors import ElemType, as_feed_types, to_array, to_tensor
 
 
 def wire(tensor: Tensor) -> Tensor:
@@ -99,3 +100,14 @@ def test_shape_mismatch_names_both_sizes() -> None:
 
 def test_absent_shape_means_one_dimension() -> None:
     assert to_array(Tensor(elem_type=ElemType.INT64, int64_data=[4, 5, 6])).tolist() == [4, 5, 6]
+
+
+def test_feeds_are_cast_to_the_declared_type_within_their_kind_only() -> None:
+    image = FeedVar(name="x", alias_name="image", feed_type=ElemType.FP32)
+    ids = FeedVar(name="ids", alias_name="ids", feed_type=ElemType.INT64)
+    cast = as_feed_types({"image": np.ones((1, 3), np.float64), "ids": np.ones(2, np.float32)}, [image, ids])
+    assert cast["image"].dtype == np.float32 and cast["ids"].dtype == np.float32  # float -> int is not same kind
+    single = as_feed_types({"anything": np.zeros((1, 2), np.float64)}, [image])
+    assert single["anything"].dtype == np.float32
+    text = np.array(["a"])
+    assert as_feed_types({"image": text}, [image])["image"] is text

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-import yaml
 
 from clients import PipelineClient
 from export import inference_io
@@ -25,7 +23,7 @@ from serving.model_card import load_card
 from serving.pipeline import Op
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
-from tests.conftest import IMAGES, free_port, photo_bytes
+from tests.conftest import IMAGES, photo_bytes
 
 ROOT = Path(__file__).parent.parent
 
@@ -164,108 +162,6 @@ def test_body_limit_and_unknown_service(model_dir: Path) -> None:
     finally:
         svc.stop()
 
-
-
-def wait_for(port: int, process: subprocess.Popen, seconds: float = 60) -> None:
-    """Until GET /ready answers 200: the port opens first, the models load after."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"port {port} did not become ready")
-
-
-PADDLE_SERVING_STYLE = '''
-from serving.pipeline import WebService, Op   # was: from paddle_serving_server.web_service import WebService, Op
-import logging
-import numpy as np
-import sys
-import cv2
-import base64
-
-
-class ImagenetOp(Op):
-    def init_op(self):
-        self.label_dict = {}
-        label_idx = 0
-        with open("imagenet.label") as fin:
-            for line in fin:
-                self.label_dict[label_idx] = line.strip()
-                label_idx += 1
-
-    def preprocess(self, input_dicts, data_id, log_id):
-        (_, input_dict), = input_dicts.items()
-        batch_size = len(input_dict.keys())
-        imgs = []
-        for key in input_dict.keys():
-            data = base64.b64decode(input_dict[key].encode('utf8'))
-            data = np.frombuffer(data, np.uint8)
-            im = cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1]
-            h, w = im.shape[:2]
-            percent = 256.0 / min(w, h)
-            im = cv2.resize(im, (int(round(w * percent)), int(round(h * percent))))
-            h, w = im.shape[:2]
-            im = im[(h - 224) // 2:(h - 224) // 2 + 224, (w - 224) // 2:(w - 224) // 2 + 224]
-            im = (im.astype("float32") / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-            imgs.append(im.transpose((2, 0, 1)).astype("float32")[np.newaxis, :].copy())
-        input_imgs = np.concatenate(imgs, axis=0)
-        return {"inputs": input_imgs}, False, None, ""
-
-    def postprocess(self, input_dicts, fetch_dict, data_id, log_id):
-        score_list = fetch_dict["prediction"]
-        result = {"label": [], "prob": []}
-        for score in score_list:
-            score = score.tolist()
-            max_score = max(score)
-            result["label"].append(self.label_dict[score.index(max_score)].strip().replace(",", ""))
-            result["prob"].append(max_score)
-        result["label"] = str(result["label"])
-        result["prob"] = str(result["prob"])
-        return result, None, ""
-
-
-class ImageService(WebService):
-    def get_pipeline_response(self, read_op):
-        image_op = ImagenetOp(name="imagenet", input_ops=[read_op])
-        return image_op
-
-
-uci_service = ImageService(name="imagenet")
-uci_service.prepare_pipeline_config("config.yml")
-uci_service.run_service()
-'''
-
-
-def test_a_paddle_serving_web_service_runs_with_only_its_imports_changed(tmp_path: Path, model_dir: Path) -> None:
-    http_port, rpc_port = free_port(), free_port()
-    config = {"worker_num": 1, "http_port": http_port, "rpc_port": rpc_port, "dag": {"is_thread_op": False},
-              "op": {"imagenet": {"concurrency": 1, "local_service_conf": {
-                  "model_config": str(model_dir), "devices": "", "client_type": "local_predictor",
-                  "fetch_list": ["prediction"]}}}}
-    (tmp_path / "config.yml").write_text(yaml.safe_dump(config))
-    names = [line.split(" ", 1)[1] for line in (model_dir.parent / "labels.txt").read_text().splitlines()]
-    (tmp_path / "imagenet.label").write_text("\n".join(names) + "\n")
-    (tmp_path / "web_service.py").write_text(PADDLE_SERVING_STYLE)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    process = subprocess.Popen([sys.executable, "web_service.py"], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
-                               text=True)
-    try:
-        wait_for(http_port, process)
-        answer = post(http_port, {"key": ["image"], "value": [b64(photo_bytes()[0])]})
-        labels, probs = expected(model_dir, photo_bytes()[:1])
-        result = parsed(answer["key"], answer["value"])
-        assert answer["err_no"] == 0 and result["label"] == labels
-        np.testing.assert_allclose(result["prob"], probs, atol=1e-4)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-    assert process.returncode == 0
 
 
 def test_client_command_lines(service: ImageService) -> None:

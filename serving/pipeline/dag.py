@@ -21,6 +21,7 @@ from serving.errors import (
     ProductError,
     ServingError,
     TypeCheckError,
+    user_code_error,
 )
 from serving.pipeline.op import Op, RequestOp, ResponseOp
 
@@ -139,7 +140,7 @@ class Dag:
             except _NOT_RETRIED:
                 raise
             except Exception as exc:
-                error = exc if isinstance(exc, ServingError) else ServingError(f"op {op.name}: {exc}")
+                error = exc if isinstance(exc, ServingError) else user_code_error(op.name, exc)
                 log.warning("logid %s: op %s attempt %d failed: %s", ctx.log_id, op.name, attempt, exc)
             if attempt < op.config.retry and not ctx.expired:
                 future = self._submit(op, outputs, data_id, ctx)

@@ -16,6 +16,7 @@ from serving.context import RequestContext
 from serving.errors import DeadlineExceededError, InitError, ProductError, ServingError, TypeCheckError
 from serving.images import check_image_count
 from serving.model_card import CARD_FILE
+from serving.tensors import as_feed_types
 
 log = logging.getLogger("serving.pipeline")
 
@@ -60,12 +61,14 @@ class Op:
                 ctx: RequestContext | None = None) -> tuple:
         """Run the model on the feed (merged with other requests' when batching); returns (fetch_dict, code, info).
 
-        An override with Paddle Serving's two-argument signature still works; it gets no `ctx`.
+        An override with Paddle Serving's two-argument signature still works; it gets no `ctx`. Arrays are cast
+        to the model's feed types within their kind, as Paddle Serving does (Div(255) makes float64).
         """
         ctx = ctx or RequestContext(log_id=typical_logid)
+        feed = as_feed_types(feed_batch[0], self.predictor.feed_vars)
         if self._batcher is not None:
-            return self._batcher.predict(feed_batch[0], ctx), None, ""
-        return self._predict(feed_batch[0], ctx), None, ""
+            return self._batcher.predict(feed, ctx), None, ""
+        return self._predict(feed, ctx), None, ""
 
     @property
     def fetch_names(self) -> list[str] | None:

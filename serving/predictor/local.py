@@ -59,6 +59,11 @@ class LocalPredictor:
         return {**info, **self._engine.describe()}
 
     @property
+    def feed_vars(self) -> list[FeedVar]:
+        """The model config's feed variables (names, aliases, types, shapes)."""
+        return self._feeds
+
+    @property
     def feed_names(self) -> list[str]:
         """Feed aliases in model-config order (what clients send)."""
         return [var.alias_name for var in self._feeds]

@@ -10,6 +10,7 @@ from serving.errors import DeadlineExceededError, ErrorCode, ServingError
 from serving.model_config import read_config
 from serving.proto import general_model_service_pb2 as gm
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
+from serving.proto.general_model_config_pb2 import FeedVar
 from serving.protocols.baidu_std import BrpcCode
 from serving.protocols.brpc_channel import BrpcError
 from serving.protocols.brpc_model_client import Client, PredictError
@@ -59,6 +60,11 @@ class RemotePredictor:
             self.brpc = Client(timeout_ms=int(timeout_s * 1000))
             self.brpc.load_client_config(client_config)
             self.brpc.connect(endpoints, security.remote_ca_file or None, security.remote_token)
+
+    @property
+    def feed_vars(self) -> list[FeedVar]:
+        """The client config's feed variables (names, aliases, types, shapes)."""
+        return list(self.model_config.feed_var)
 
     @property
     def feed_names(self) -> list[str]:
