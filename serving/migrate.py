@@ -24,7 +24,9 @@ MODULES: dict[str, tuple[str, frozenset[str] | None]] = {
                                                                      "WebService"})),
     "paddle_serving_app.reader": ("serving.reader", frozenset({
         "Sequential", "String2Image", "Base64ToImage", "File2Image", "URL2Image", "Resize", "CenterCrop",
-        "RGB2BGR", "BGR2RGB", "Transpose", "Div", "Normalize", "Lambda"})),
+        "RGB2BGR", "BGR2RGB", "Transpose", "Div", "Normalize", "Lambda", "ResizeByFactor", "PadStride",
+        "DetectionSequential", "DetectionFile2Image", "DetectionResize", "DetectionNormalize", "DetectionTranspose",
+        "DetectionBGR2RGB", "DetectionDiv", "DetectionPadStride"})),
     "paddle_serving_client": ("clients.brpc_client", frozenset({"Client"})),
     "paddle_serving_client.utils": ("clients.benchmark", frozenset({"MultiThreadRunner", "benchmark_args",
                                                                     "show_latency"})),
