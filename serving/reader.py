@@ -173,14 +173,14 @@ class Transpose:
 
 
 class Div:
-    """Divide by a value (the result is float64, as in Paddle Serving)."""
+    """Divide by a value, in float32 as Paddle Serving does."""
 
     def __init__(self, value: float) -> None:
         self.value = value
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
-        """img / value."""
-        return img / self.value
+        """img as float32, / value."""
+        return img.astype(np.float32) / self.value
 
 
 class Normalize:
@@ -191,8 +191,11 @@ class Normalize:
         self.mean, self.std = np.array(mean).reshape(shape), np.array(std).reshape(shape)
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
-        """A new float array; the input is not changed."""
-        return (img - self.mean) / self.std
+        """A new float32 array, each step rounded to float32 as Paddle Serving's in-place arithmetic; input kept."""
+        out = np.array(img, dtype=np.float32)
+        out -= self.mean
+        out /= self.std
+        return out
 
 
 class Lambda:

@@ -94,11 +94,14 @@ def test_crop_channels_transpose_div_normalize_follow_their_formulas() -> None:
     chw = Transpose((2, 0, 1))(crop)
     assert chw.shape == (3, 224, 224)
     scaled = Div(255)(chw)
-    assert scaled.dtype == np.float64 and scaled.max() <= 1.0
+    assert scaled.dtype == np.float32 and scaled.max() <= 1.0
+    np.testing.assert_array_equal(scaled, chw.astype(np.float32) / np.float32(255))
     normalized = Normalize(MEAN, STD, True)(scaled)
-    np.testing.assert_allclose(normalized[1], (scaled[1] - MEAN[1]) / STD[1])
+    assert normalized.dtype == np.float32
+    expected = ((scaled[1] - np.float32(MEAN[1])).astype(np.float32) / STD[1]).astype(np.float32)
+    np.testing.assert_allclose(normalized[1], expected, rtol=1e-6)
     last = Normalize(MEAN, STD)(crop / 255.0)
-    np.testing.assert_allclose(last[:, :, 2], (crop[:, :, 2] / 255.0 - MEAN[2]) / STD[2])
+    np.testing.assert_allclose(last[:, :, 2], (crop[:, :, 2] / 255.0 - MEAN[2]) / STD[2], rtol=1e-5)
     assert Lambda(lambda x: x[:2])(crop).shape == (2, 224, 3)
     with pytest.raises(InputError, match="CenterCrop"):
         CenterCrop(512)(crop)
