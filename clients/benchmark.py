@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["MultiThreadRunner", "benchmark_args", "show_latency"]
+
 
 def benchmark_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Paddle Serving's benchmark flags: --thread, --model, --endpoint, --request, --batch_size."""

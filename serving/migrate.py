@@ -77,7 +77,9 @@ def _rewrite(node: ast.Import | ast.ImportFrom, unmapped: list[str], name: str) 
     by_module: dict[str, list[str]] = {}
     missing = []
     for alias in node.names:
-        kit_module = NAMES.get((module, alias.name)) or (target if known is None or alias.name in known else "")
+        star = alias.name == "*" and bool(target)  # the kit module's __all__ stands for Paddle Serving's names
+        kit_module = NAMES.get((module, alias.name)) or (target if star or known is None or alias.name in known
+                                                         else "")
         if not kit_module:
             missing.append(alias.name)
             continue

@@ -73,3 +73,8 @@ def test_the_command_prints_a_diff_writes_only_when_asked_and_the_result_imports
     ran = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert ran.stdout.strip() == "(1, 3, 224, 224)"
+
+
+def test_a_star_import_maps_to_the_kit_module() -> None:
+    migration = migrate_text("from paddle_serving_app.reader import *\n")
+    assert migration.text == "from serving.reader import *\n" and not migration.unmapped
