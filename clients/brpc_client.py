@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Classify images through a model server's brpc (baidu_std) port.")
     parser.add_argument("images", nargs="+", type=Path, help="image files")
     parser.add_argument("--config", required=True, type=Path, help="serving_client_conf.prototxt")
-    parser.add_argument("--endpoint", action="append", help=f"host:port, repeatable (default {DEFAULT_ENDPOINT})")
+    parser.add_argument("--endpoint", action="append",
+                        help=f"host:port (a DNS name or IPv4) or [IPv6]:port, repeatable (default {DEFAULT_ENDPOINT})")
     parser.add_argument("--timeout-ms", type=int, default=20000, help="per-request timeout")
     parser.add_argument("--compress", choices=sorted(COMPRESSIONS), default="none", help="request compression")
     parser.add_argument("--log-id", type=int, default=0, help="log id sent with the request")

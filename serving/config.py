@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from serving.endpoints import FORMS, EndpointError, parse_endpoint
 from serving.errors import ConfigError, require_config
 from serving.images import OPENCV_PIXELS_ENV, opencv_pixel_cap
 from serving.model_config import CLIENT_CONF, SERVER_CONF
@@ -270,9 +271,13 @@ def _resolve_local(conf: LocalServiceConf, path: str, base_dir: Path) -> None:
 def _resolve_remote(op: OpConfig, path: str, base_dir: Path) -> None:
     """Remote ops need endpoints and the model's client config."""
     require_config(bool(op.server_endpoints), f"{path}.server_endpoints", op.server_endpoints,
-                   "a brpc/grpc client_type needs the model servers' \"host:port\" list")
-    require_config(all(":" in endpoint for endpoint in op.server_endpoints), f"{path}.server_endpoints",
-                   op.server_endpoints, 'each endpoint is "host:port"')
+                   f"a brpc/grpc client_type needs the model servers' list, each {FORMS}")
+    for index, endpoint in enumerate(op.server_endpoints):
+        try:
+            parse_endpoint(endpoint)
+        except EndpointError as exc:
+            raise ConfigError.invalid(f"{path}.server_endpoints[{index}]", endpoint,
+                                      f"an endpoint is {FORMS} ({exc.reason})") from None
     require_config(op.client_config is not None, f"{path}.client_config", op.client_config,
                    f"remote ops need the model's serving_client/{CLIENT_CONF}")
     client_config = _resolve(op.client_config, base_dir)

@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -12,6 +13,7 @@ warnings.filterwarnings("ignore", message="No ccache found")
 import pytest  # noqa: E402
 
 import serving  # noqa: E402, F401  (sets OpenCV's pixel cap before any test module imports cv2)
+from tests.loopback_dns import LoopbackDNS  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 IMAGES = Path(__file__).parent.parent / "export" / "data" / "images"
@@ -56,3 +58,22 @@ def run_cli(capsys: pytest.CaptureFixture):
         return code, captured.out, captured.err
 
     return run
+
+
+def has_ipv6_loopback() -> bool:
+    """True when ::1 can be bound (some containers have no IPv6 at all)."""
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def loopback_dns() -> Iterator[LoopbackDNS]:
+    """A DNS server on 127.0.0.1 (tests/loopback_dns.py); set `.answers[name]` to change what it says."""
+    server = LoopbackDNS()
+    server.start()
+    yield server
+    server.stop()

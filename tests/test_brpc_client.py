@@ -3,7 +3,9 @@
 import asyncio
 import base64
 import functools
+import gc
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +24,8 @@ from serving.proto.general_model_service_pb2 import Request, Response, Tensor
 from serving.protocols.baidu_std import DEFAULT_MAX_BODY, BrpcCode, compress, decompress, encode_frame, read_frame
 from serving.protocols.brpc_channel import SERVICE, BrpcError, ClientCode
 from serving.tensors import to_array, to_tensor
-from tests.conftest import free_port
+from tests.conftest import free_port, has_ipv6_loopback
+from tests.loopback_dns import LoopbackDNS
 
 ROOT = Path(__file__).parent.parent
 CLASSES = 4
@@ -31,17 +34,23 @@ CLASSES = 4
 class StubServer:
     """Echoes feeds as outputs (plus its port); feeds named error_code/err_no/close/stall/garbage steer it."""
 
-    def __init__(self, hold: int = 1) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, hold: int = 1, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.loop = loop
         self.hold = hold
+        self.host = host
         self.metas: list[RpcMeta] = []
         self.requests: list[Request] = []
         self.connections = 0
-        self.port = 0
+        self.port = port
         self._writers: list[asyncio.StreamWriter] = []
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    def stop_now(self) -> None:
+        """Stop from the test's thread, as a server process that goes away."""
+        asyncio.run_coroutine_threadsafe(self.stop(), self.loop).result(5)
 
     async def stop(self) -> None:
         self._server.close()
@@ -82,6 +91,7 @@ class StubServer:
         output = response.outputs.add(engine_name="stub")
         output.tensor.extend(feeds.values())
         output.tensor.append(to_tensor("port", "port", np.array([self.port], dtype=np.int64)))
+        output.tensor.append(to_tensor("host", "host", self.host))
         if "prediction" in request.fetch_var_names:
             count = next(iter(feeds.values())).shape[0]
             probs = np.full((count, CLASSES), 0.1 / (CLASSES - 1), dtype=np.float32)
@@ -98,8 +108,8 @@ def serve() -> Iterator[Callable[..., StubServer]]:
     thread.start()
     servers: list[StubServer] = []
 
-    def start(hold: int = 1) -> StubServer:
-        server = StubServer(hold)
+    def start(hold: int = 1, host: str = "127.0.0.1", port: int = 0) -> StubServer:
+        server = StubServer(loop, hold, host, port)
         asyncio.run_coroutine_threadsafe(server.start(), loop).result(5)
         servers.append(server)
         return server
@@ -290,7 +300,7 @@ def test_predict_before_connect_and_bad_endpoint() -> None:
     client = Client()
     with pytest.raises(RuntimeError, match="connect"):
         client.predict(feed={"v": np.zeros(1, np.float32)})
-    with pytest.raises(ValueError, match="not 'host:port'"):
+    with pytest.raises(ValueError, match=r"endpoint 'localhost' is not .*: no ':port'"):
         client.connect(["localhost"])
 
 
@@ -322,3 +332,121 @@ def test_cli_script_bench_and_class_indices(serve: Callable, tmp_path: Path) -> 
     benched = run([*script, "--bench", "--concurrency", "4", "--seconds", "0.5"])
     assert "requests/s, p50 " in benched.stdout and benched.stdout.rstrip().endswith("ms, 0 errors")
     assert len(server.metas) > 10
+
+
+def answered_by(client: Client, calls: int) -> list[str]:
+    """The host of the stub server that answered each of `calls` calls."""
+    return [str(client.predict(feed={"v": np.array([i], np.int64)}, batch=True)["host"][0]) for i in range(calls)]
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Poll `condition` until it holds; fail the test after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition did not hold in time"
+        time.sleep(0.05)
+
+
+def test_localhost_and_ipv6_literal(serve: Callable) -> None:
+    server = serve()
+    with Client(timeout_ms=2000) as client:
+        client.connect([f"localhost:{server.port}"])
+        assert answered_by(client, 2) == ["127.0.0.1"] * 2
+        assert client.addresses[f"localhost:{server.port}"][0] == "127.0.0.1"
+    if not has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this machine")
+    server6 = serve(host="::1")
+    with Client(timeout_ms=2000) as client:
+        client.connect([f"[::1]:{server6.port}"])
+        assert answered_by(client, 2) == ["::1"] * 2
+        assert server6.metas[0].request.method_name == "inference"
+
+
+def test_name_spreads_over_every_address_and_follows_dns(serve: Callable, loopback_dns: LoopbackDNS) -> None:
+    first = serve(host="127.0.0.1")
+    second = serve(host="127.0.0.2", port=first.port)
+    name = f"model-server.test:{first.port}"
+    loopback_dns.answers["model-server.test"] = ["127.0.0.1"]
+    with Client(timeout_ms=2000, resolver=loopback_dns.lookup, refresh_s=0.2) as client:
+        client.connect([name])
+        assert answered_by(client, 4) == ["127.0.0.1"] * 4
+        loopback_dns.answers["model-server.test"] = ["127.0.0.1", "127.0.0.2"]  # the timer picks up a new pod
+        wait_for(lambda: client.addresses[name] == ["127.0.0.1", "127.0.0.2"])
+        assert sorted(answered_by(client, 4)) == ["127.0.0.1"] * 2 + ["127.0.0.2"] * 2 and second.connections == 2
+        loopback_dns.answers["model-server.test"] = ["127.0.0.2"]  # the first pod leaves the Service, then stops
+        wait_for(lambda: client.addresses[name] == ["127.0.0.2"])
+        first.stop_now()
+        served = len(first.requests)
+        assert answered_by(client, 4) == ["127.0.0.2"] * 4 and len(first.requests) == served
+
+
+def test_failed_connection_resolves_again_without_the_timer(serve: Callable, loopback_dns: LoopbackDNS) -> None:
+    first = serve(host="127.0.0.1")
+    second = serve(host="127.0.0.2", port=first.port)
+    loopback_dns.answers["model-server.test"] = ["127.0.0.1"]
+    with Client(timeout_ms=2000, resolver=loopback_dns.lookup, refresh_s=0) as client:
+        client.connect([f"model-server.test:{first.port}"])
+        assert answered_by(client, 2) == ["127.0.0.1"] * 2
+        loopback_dns.answers["model-server.test"] = ["127.0.0.2"]
+        first.stop_now()
+        failures: list[int] = []
+
+        def reaches_second() -> bool:
+            try:
+                return answered_by(client, 1) == ["127.0.0.2"]
+            except BrpcError as exc:
+                failures.append(exc.code)
+                return False
+
+        wait_for(reaches_second)
+        assert set(failures) <= {ClientCode.EEOF, ClientCode.EFAILEDSOCKET} and len(second.requests) == 1
+        assert loopback_dns.queries["model-server.test"] >= 4  # A and AAAA, at connect and after the failure
+
+
+def test_unresolvable_name_fails_calls_until_the_resolver_answers(serve: Callable) -> None:
+    server = serve()
+    known: dict[str, list[str]] = {}
+
+    def resolver(host: str, port: int) -> list[str]:
+        if host not in known:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return known[host]
+
+    with Client(timeout_ms=2000, resolver=resolver, refresh_s=0.1) as client:
+        client.connect([f"later.test:{server.port}"])
+        with pytest.raises(BrpcError, match=r"no address to call: cannot resolve later\.test:") as caught:
+            answered_by(client, 1)
+        assert caught.value.code == ClientCode.EFAILEDSOCKET
+        known["later.test"] = ["127.0.0.1"]
+        wait_for(lambda: client.addresses == {f"later.test:{server.port}": ["127.0.0.1"]})
+        assert answered_by(client, 1) == ["127.0.0.1"]
+
+
+def test_client_threads_end_on_close_and_garbage_collection(serve: Callable) -> None:
+    def loop_threads() -> int:
+        return sum(thread.name == "brpc-client" for thread in threading.enumerate())
+
+    before = loop_threads()
+    client = Client()
+    client.connect([f"127.0.0.1:{serve().port}"])
+    assert answered_by(client, 1) == ["127.0.0.1"] and loop_threads() == before + 1
+    del client
+    gc.collect()
+    assert loop_threads() == before
+
+
+EXITS_WITHOUT_CLOSE = """
+import sys
+import numpy as np
+from clients.brpc_client import Client
+client = Client(timeout_ms=5000)
+client.connect([sys.argv[1]])
+print(client.predict(feed={"v": np.array([7], np.int64)}, batch=True)["v"].tolist())
+"""
+
+
+def test_script_that_never_closes_exits_quietly(serve: Callable) -> None:
+    server = serve()
+    done = subprocess.run([sys.executable, "-c", EXITS_WITHOUT_CLOSE, f"localhost:{server.port}"], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[7]\n", "")

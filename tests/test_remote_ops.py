@@ -83,8 +83,16 @@ def test_remote_config_errors(model_root: Path) -> None:
     with pytest.raises(ConfigError, match=r"op\.imagenet\.client_config = None: remote ops need"):
         ImageService().prepare_pipeline_config(yml_dict=config)
     config = remote_config(model_root, "localhost")
-    with pytest.raises(ConfigError, match='each endpoint is "host:port"'):
+    with pytest.raises(ConfigError, match=r"server_endpoints\[0\] = 'localhost': an endpoint is \"host:port\""):
         ImageService().prepare_pipeline_config(yml_dict=config)
+
+
+@pytest.mark.parametrize("protocol", ["brpc", "grpc"])
+def test_remote_op_reaches_model_servers_by_name(model_root: Path, model_server: ModelServer, protocol: str) -> None:
+    port = model_server.port if protocol == "brpc" else model_server.grpc_port
+    answer = classify(remote_config(model_root, f"localhost:{port}", client_type=protocol))
+    assert answer["err_no"] == 0, answer
+    assert len(json.loads(answer["value"][answer["key"].index("label")].replace("'", '"'))) == 2
 
 
 @pytest.mark.parametrize("protocol", ["brpc", "grpc"])

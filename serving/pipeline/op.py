@@ -163,9 +163,11 @@ class Op:
         return self.config.concurrency * (self.config.batch_size if self.batching else 1)
 
     def stop(self) -> None:
-        """Release the batcher's loops."""
+        """Release the batcher's loops and the predictor's connections to model servers."""
         if self._batcher is not None:
             self._batcher.close()
+        if hasattr(self.predictor, "close"):
+            self.predictor.close()
 
     @property
     def has_model(self) -> bool:

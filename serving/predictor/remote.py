@@ -14,35 +14,37 @@ from serving.proto.general_model_config_pb2 import FeedVar
 from serving.protocols.baidu_std import BrpcCode
 from serving.protocols.brpc_channel import BrpcError
 from serving.protocols.brpc_model_client import Client, PredictError
+from serving.protocols.grpc_channels import BalancedChannels
 from serving.security import SecurityConfig
 from serving.tensors import to_array, to_tensor
 
 
 class GrpcModelClient:
-    """GeneralModelService over gRPC, balanced round-robin over the endpoints."""
+    """GeneralModelService over gRPC, balanced round-robin over the endpoints and every address of their names."""
 
     def __init__(self, endpoints: list[str], max_message_bytes: int, security: SecurityConfig) -> None:
-        options = [("grpc.lb_policy_name", "round_robin"), ("grpc.max_receive_message_length", max_message_bytes),
+        options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
-        target = "ipv4:" + ",".join(endpoints)
-        if security.remote_ca_file:
-            credentials = grpc.ssl_channel_credentials(Path(security.remote_ca_file).read_bytes())
-            self.channel = grpc.secure_channel(target, credentials, options=options)
-        else:
-            self.channel = grpc.insecure_channel(target, options=options)
-        self.stub = gm_grpc.GeneralModelServiceStub(self.channel)
+        credentials = (grpc.ssl_channel_credentials(Path(security.remote_ca_file).read_bytes())
+                       if security.remote_ca_file else None)
+        self.channels = BalancedChannels(endpoints, gm_grpc.GeneralModelServiceStub, options, credentials)
         token = security.remote_token
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def call(self, request: gm.Request, timeout_s: float) -> gm.Response:
         """One inference call; transport failures become err_no 8000, a passed deadline 6000."""
         try:
-            return self.stub.inference(request, timeout=timeout_s, metadata=self.metadata)
+            return self.channels.call(lambda stub, left_s: stub.inference(request, timeout=left_s,
+                                                                          metadata=self.metadata), timeout_s)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceededError(f"model service did not answer within {timeout_s * 1000:.0f} ms") from None
             raise ServingError(f"model service unreachable over gRPC: {exc.code().name}: {exc.details()}",
                                code=ErrorCode.RPC) from None
+
+    def close(self) -> None:
+        """Close the channels."""
+        self.channels.close()
 
 
 class RemotePredictor:
@@ -60,6 +62,13 @@ class RemotePredictor:
             self.brpc = Client(timeout_ms=int(timeout_s * 1000))
             self.brpc.load_client_config(client_config)
             self.brpc.connect(endpoints, security.remote_ca_file or None, security.remote_token)
+
+    def close(self) -> None:
+        """Close the model-server connections (the op stops)."""
+        if self.protocol == "grpc":
+            self.grpc.close()
+        else:
+            self.brpc.close()
 
     @property
     def feed_vars(self) -> list[FeedVar]:

@@ -6,6 +6,7 @@ import itertools
 import ssl
 from enum import IntEnum
 
+from serving.endpoints import join_host_port
 from serving.proto import general_model_service_pb2 as gm
 from serving.proto.brpc_meta_pb2 import RpcMeta
 from serving.protocols.baidu_std import (
@@ -55,20 +56,28 @@ class Connection:
         self._ids = itertools.count(1)
         self._drain_lock = asyncio.Lock()
         self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._reader_task = asyncio.create_task(self._read_loop())
 
     @classmethod
     async def open(cls, host: str, port: int, timeout_s: float, max_body: int = DEFAULT_MAX_BODY,
-                   ssl_context: ssl.SSLContext | None = None, token: bytes = b"") -> "Connection":
-        """Connect within `timeout_s`, over TLS with `ssl_context`; refusal, bad handshake, timeout: EFAILEDSOCKET."""
+                   ssl_context: ssl.SSLContext | None = None, token: bytes = b"",
+                   server_hostname: str | None = None) -> "Connection":
+        """Connect within `timeout_s`, over TLS with `ssl_context`; refusal, bad handshake, timeout: EFAILEDSOCKET.
+
+        `server_hostname` is the name the certificate must carry when `host` is one of the name's addresses.
+        """
+        address = join_host_port(host, port)
+        peer = address if server_hostname in (None, host) else f"{server_hostname} ({address})"
         try:
             connecting = asyncio.open_connection(host, port, ssl=ssl_context,
-                                                 server_hostname=host if ssl_context is not None else None)
+                                                 server_hostname=(server_hostname or host) if ssl_context else None)
             reader, writer = await asyncio.wait_for(connecting, timeout_s)
         except (OSError, asyncio.TimeoutError) as exc:
             reason = str(exc) or "timed out"
-            raise BrpcError(ClientCode.EFAILEDSOCKET, f"cannot connect to {host}:{port}: {reason}") from None
-        return cls(reader, writer, f"{host}:{port}", max_body, token)
+            raise BrpcError(ClientCode.EFAILEDSOCKET, f"cannot connect to {peer}: {reason}") from None
+        return cls(reader, writer, peer, max_body, token)
 
     @property
     def closed(self) -> bool:
@@ -90,6 +99,7 @@ class Connection:
             meta.authentication_data = self.token
         future = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
+        self._idle.clear()
         try:
             self._writer.write(encode_frame(meta, compress(payload, compress_type)))
             return await asyncio.wait_for(self._answer(future), timeout_s)
@@ -100,6 +110,8 @@ class Connection:
             raise BrpcError(ClientCode.EFAILEDSOCKET, f"cannot send to {self.peer}: {exc}") from None
         finally:
             self._pending.pop(correlation_id, None)
+            if not self._pending:
+                self._idle.set()
 
     async def _answer(self, future: asyncio.Future) -> bytes:
         """Flush the request, then wait for the reader task to deliver its frame."""
@@ -135,6 +147,12 @@ class Connection:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
+
+    async def close_when_idle(self, grace_s: float) -> None:
+        """Close once the calls in flight are answered, or after `grace_s`: a server dropped from DNS finishes them."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+        await self.close()
 
     async def close(self) -> None:
         """Close from the client side; calls in flight fail with ECLOSE."""
