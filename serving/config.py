@@ -154,6 +154,7 @@ class LimitsConfig:
     request_timeout_ms: int = 30_000
     client_timeout_ms: int = 30_000
     keepalive_timeout_ms: int = 60_000
+    max_connection_age_ms: int = 300_000
     drain_timeout_ms: int = 10_000
 
     def validate(self, path: str) -> None:

@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     idle.add_argument("--keepalive_timeout_ms", type=int, default=LimitsConfig.keepalive_timeout_ms,
                       help="close a connection with no request (or frame) arriving this long")
     idle.add_argument("--idle_timeout_s", type=float, help="the same in seconds (the earlier flag)")
+    parser.add_argument("--max_connection_age_ms", type=int, default=LimitsConfig.max_connection_age_ms,
+                        help="gRPC: close a connection this old (calls in flight finish), so clients re-resolve")
     parser.add_argument("--tls_cert", default="", help="PEM certificate: every port speaks TLS (with --tls_key)")
     parser.add_argument("--tls_key", default="", help="PEM private key of --tls_cert (unencrypted)")
     parser.add_argument("--auth_token_env", default="",
@@ -118,7 +120,7 @@ def limits_from_args(args: argparse.Namespace) -> LimitsConfig:
                           max_request_pixels=args.max_request_pixels,
                           max_images_per_request=args.max_images_per_request, max_inflight=args.max_inflight,
                           max_connections=args.max_connections, client_timeout_ms=args.client_timeout_ms,
-                          keepalive_timeout_ms=keepalive_ms)
+                          keepalive_timeout_ms=keepalive_ms, max_connection_age_ms=args.max_connection_age_ms)
     limits.validate("--flags")
     return limits
 

@@ -9,13 +9,14 @@ import grpc
 import pytest
 
 from clients import PipelineClient, brpc_client, grpc_client
-from serving.config import parse_config
+from serving.config import LimitsConfig, parse_config
 from serving.endpoints import FORMS, Endpoint, EndpointError, parse_endpoint, parse_endpoints
 from serving.errors import ConfigError
 from serving.model_config import STRING, VarSpec, build_config, write_config
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
 from serving.protocols.grpc_channels import grpc_targets
+from serving.protocols.grpc_server import grpc_options
 from tests.conftest import free_port, has_ipv6_loopback
 from tests.loopback_dns import LoopbackDNS
 
@@ -93,11 +94,11 @@ class HostEcho(pb_grpc.PipelineServiceServicer):
 
 @pytest.fixture
 def grpc_serve() -> Iterator[Callable[..., tuple[grpc.Server, int, HostEcho]]]:
-    """Start HostEcho servers on a given loopback address; connections are closed after `max_age_ms`."""
+    """HostEcho servers on loopback; with `max_age_ms`, the kit's gRPC server options close old connections."""
     servers: list[grpc.Server] = []
 
     def start(host: str, port: int = 0, max_age_ms: int = 0) -> tuple[grpc.Server, int, HostEcho]:
-        options = [("grpc.max_connection_age_ms", max_age_ms)] if max_age_ms else []
+        options = grpc_options(LimitsConfig(max_connection_age_ms=max_age_ms)) if max_age_ms else []
         server = grpc.server(futures.ThreadPoolExecutor(2), options=options)
         echo = HostEcho(host)
         pb_grpc.add_PipelineServiceServicer_to_server(echo, server)

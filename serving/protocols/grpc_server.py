@@ -70,6 +70,10 @@ def grpc_options(limits: LimitsConfig, reuse_port: bool = False) -> list[tuple[s
             ("grpc.max_allowed_incoming_connections", limits.max_connections),  # beyond: refused at accept
             ("grpc.server_handshake_timeout_ms", limits.client_timeout_ms),  # TLS and HTTP/2 preface must arrive
             ("grpc.max_connection_idle_ms", limits.keepalive_timeout_ms),  # idle connections get GOAWAY
+            # Old connections get GOAWAY too, so clients resolve names again and reach new replicas behind them;
+            # calls in flight get the request timeout to finish.
+            ("grpc.max_connection_age_ms", limits.max_connection_age_ms),
+            ("grpc.max_connection_age_grace_ms", limits.request_timeout_ms),
             ("grpc.so_reuseport", int(reuse_port))]
 
 
