@@ -29,13 +29,11 @@ from bench.ceiling import resolved_budget, run_ceilings, write_ceiling
 from bench.e2e import PROTOCOLS, TARGET_PROTOCOLS, overhead_report, run_e2e, write_e2e, write_overhead
 from bench.engines import run_engines, write_engines
 from bench.memory import run_memory, write_memory
-from bench.models import DEFAULT_MODELS_DIR, MODEL_NAMES, ROOT, WorkerError, ensure_model
+from bench.models import DEFAULT_MODELS_DIR, DEFAULT_RESULTS_DIR, MODEL_NAMES, WorkerError, ensure_model
 from bench.report import machine_info, write_readme
 from bench.servers import TARGETS, Budget, ServerError
 from export.errors import ExportError
 from serving.errors import ServingError
-
-DEFAULT_OUT = ROOT / "bench" / "results"
 
 
 def positive(text: str) -> int:
@@ -67,7 +65,7 @@ def _option_groups() -> dict[str, argparse.ArgumentParser]:
     groups = {name: argparse.ArgumentParser(add_help=False)
               for name in ("common", "models", "engines", "model", "budget", "seconds", "images", "e2e", "batching",
                            "memory")}
-    groups["common"].add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    groups["common"].add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR, help="results folder")
     groups["common"].add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
                                   help="exported-model cache, reused when complete")
     groups["common"].add_argument("--threads", type=positive, default=2, help="math threads per predictor (thread_num)")

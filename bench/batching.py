@@ -10,7 +10,7 @@ from tqdm import tqdm
 from bench.ceiling import resolved_budget
 from bench.e2e import result_row
 from bench.load import LoadResult, Payloads, build_payloads, drive
-from bench.models import ROOT, SAMPLE_IMAGE, ensure_model
+from bench.models import SAMPLE_IMAGE, SAMPLE_IMAGE_NAME, ensure_model
 from bench.report import batching_markdown, write_outputs
 from bench.scrape import mean_batch, scrape
 from bench.servers import Server, running
@@ -85,7 +85,7 @@ def run_batching(args: argparse.Namespace) -> dict:
                      "seconds": args.seconds, "min_requests": args.min_requests, "warmup_s": WARMUP_S,
                      "workers": args.workers, "threads": args.threads, "batch_size": args.batch_size,
                      "auto_batching_timeout_ms": args.batching_timeout_ms, "min_ratio": MIN_RATIO,
-                     "image": str(SAMPLE_IMAGE.relative_to(ROOT))},
+                     "image": SAMPLE_IMAGE_NAME},
         "results": rows,
         "summary": summarize_models(rows),
     }

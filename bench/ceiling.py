@@ -3,7 +3,7 @@
 from dataclasses import replace
 from pathlib import Path
 
-from bench.models import ROOT, SAMPLE_IMAGE, run_worker
+from bench.models import SAMPLE_IMAGE, SAMPLE_IMAGE_NAME, run_worker
 from bench.report import ceiling_markdown, write_outputs
 from bench.servers import Budget
 from bench.stats import rate, summarize
@@ -26,7 +26,7 @@ def run_ceiling(model: str, server_dir: Path, budget: Budget, seconds: float) ->
     raw = run_worker(spec)
     stages = {stage: summarize(raw[f"{stage}_ms"]) for stage in ("preprocess", "predict", "total")}
     return {"model": model, "engine": budget.engine, "workers": budget.workers, "threads": budget.threads,
-            "image": str(SAMPLE_IMAGE.relative_to(ROOT)), "seconds": seconds, "count": raw["count"],
+            "image": SAMPLE_IMAGE_NAME, "seconds": seconds, "count": raw["count"],
             "wall_s": raw["wall_s"], "images_per_s": rate(raw["count"], raw["wall_s"]), **stages}
 
 

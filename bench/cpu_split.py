@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench.load import build_payloads, drive
-from bench.models import ROOT, SAMPLE_IMAGE, ensure_model
+from bench.models import DEFAULT_MODELS_DIR, DEFAULT_RESULTS_DIR, SAMPLE_IMAGE, ensure_model
 from bench.report import fmt, markdown_table
 from bench.servers import Budget, running
 
@@ -44,7 +44,7 @@ def split_row(target: str, protocol: str, requests: int, wall_s: float, server_s
 
 def measure(args: argparse.Namespace) -> list[dict]:
     """One warm-up and one measured run per target and protocol, each server alone on the machine."""
-    server_dir = ensure_model(args.model, ROOT / "bench" / "models")
+    server_dir = ensure_model(args.model, DEFAULT_MODELS_DIR)
     payloads = build_payloads(SAMPLE_IMAGE.read_bytes(), 1, server_dir)
     budget = Budget("onnxruntime", 2, 2)
     rows = []
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="SqueezeNet1_1")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
     args = parser.parse_args(argv)
     text = markdown(measure(args), args)
     (args.out / "cpu_split.md").write_text(text, encoding="utf-8")

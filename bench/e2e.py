@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench.load import LoadResult, Payloads, build_payloads, drive
-from bench.models import ROOT, SAMPLE_IMAGE
+from bench.models import SAMPLE_IMAGE, SAMPLE_IMAGE_NAME
 from bench.plots import write_plots
 from bench.report import e2e_markdown, overhead_markdown, write_outputs
 from bench.scrape import scrape, server_means
@@ -91,7 +91,7 @@ def run_e2e(args: argparse.Namespace, server_dir: Path, budget: Budget,
     return {
         "settings": {"model": args.model, "engine": budget.engine, "workers": budget.workers,
                      "threads": budget.threads, "seconds": args.seconds, "concurrency": args.concurrency,
-                     "images_per_request": args.images, "image": str(SAMPLE_IMAGE.relative_to(ROOT)),
+                     "images_per_request": args.images, "image": SAMPLE_IMAGE_NAME,
                      "load": "closed loop from one process; HTTP keep-alive and one gRPC channel per worker thread, "
                              "brpc via predict_async on one event loop",
                      "pipeline": f"op concurrency {budget.workers}, thread_num {budget.threads}, gRPC worker_num "

@@ -18,16 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
+from serving.classify import Prediction, local_predictor, top_k
 from serving.model_card import display_name, load_card
-from serving.model_config import CLIENT_CONF, SERVER_CONF, read_config
+from serving.model_config import CLIENT_CONF
 
-TOP_K = 5
 PROB_TOLERANCE = 1e-4
-# One prediction: the top-5 label names and their probabilities, best first.
-Prediction = tuple[list[str], list[float]]
 
 
 @dataclass
@@ -50,29 +47,6 @@ def read_list(path: Path) -> list[tuple[str, int]]:
                 raise ValueError(f"{path}:{number}: expected 'relative/path label', got {line!r}")
             entries.append((name.strip(), int(label)))
     return entries
-
-
-def local_predictor(model_root: Path) -> Callable[[bytes], Prediction]:
-    """In-process prediction with the same preprocessing and engine choice as the services."""
-    from serving.config import LocalServiceConf
-    from serving.predictor import LocalPredictor, settings_from_conf
-
-    server = model_root / "serving_server"
-    card, model_config = load_card(server), read_config(server / SERVER_CONF)
-    predictor = LocalPredictor(settings_from_conf(LocalServiceConf(model_config=str(server)), model_config),
-                               model_config)
-
-    def predict(data: bytes) -> Prediction:
-        probs = predictor.predict({"x": card.transforms(data)[None]})["prediction"][0]
-        return top_k(probs, card.labels)
-
-    return predict
-
-
-def top_k(probs: np.ndarray, labels: list[str]) -> Prediction:
-    """PaddleClas's ranking (argsort, best first) with its comma-free label names."""
-    order = np.argsort(probs)[::-1][:TOP_K]
-    return [display_name(labels[i]) for i in order], [float(probs[i]) for i in order]
 
 
 def pipeline_answer(keys: list[str], values: list[str]) -> Prediction:

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.models import ROOT, ensure_model
+from bench.models import DEFAULT_MODELS_DIR, DEFAULT_RESULTS_DIR, ensure_model
 from bench.report import fmt, markdown_table
+from export import SAMPLE_IMAGES
 
 MODELS = ("AlexNet", "SqueezeNet1_0", "SqueezeNet1_1", "DarkNet53", "SENet154_vd")
-IMAGES = ROOT / "export" / "data" / "images"
 FP32_ATOL, FP16_ATOL = 1e-4, 1e-2
 # The seed's published TensorRT latencies (ms; shared/reference/seed.md): V100 FP32, T4 FP16 and FP32, by batch.
 SEED_MS = {
@@ -104,7 +104,7 @@ def batch_of(server_dir: Path, size: int) -> np.ndarray:
     from serving.model_card import load_card
 
     card = load_card(server_dir)
-    photos = [card.transforms(path.read_bytes()) for path in sorted(IMAGES.glob("*"))]
+    photos = [card.transforms(path.read_bytes()) for path in sorted(SAMPLE_IMAGES.glob("*"))]
     return np.stack([photos[i % len(photos)] for i in range(size)]).astype(np.float32)
 
 
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace, engines: list[Engine]) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as cache:
         for model in args.models:
-            server_dir = ensure_model(model, ROOT / "bench" / "models")
+            server_dir = ensure_model(model, DEFAULT_MODELS_DIR)
             reference = predictor_for(server_dir, {"engine": "paddle"}, Path(cache))
             for engine in engines:
                 predictor = predictor_for(server_dir, engine.conf, Path(cache) / model / engine.name)
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--batches", nargs="+", type=int, default=list(SEED_BATCHES))
     parser.add_argument("--repeat", type=int, default=50)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu")
+    parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR / "gpu")
     args = parser.parse_args(argv)
     problems = missing_for_paddle()
     if problems:

@@ -9,12 +9,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from export import SAMPLE_IMAGES
 from serving.model_config import SERVER_CONF, read_config
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAMES = ("AlexNet", "SqueezeNet1_0", "SqueezeNet1_1", "DarkNet53", "SENet154_vd")
-DEFAULT_MODELS_DIR = ROOT / "bench" / "models"
-SAMPLE_IMAGE = ROOT / "export" / "data" / "images" / "daisy.jpg"
+# Caches and results are relative to the working directory: in a checkout's root they are bench/models and
+# bench/results as before; an installed kit never writes into its own package.
+DEFAULT_MODELS_DIR = Path("bench/models")
+DEFAULT_RESULTS_DIR = Path("bench/results")
+SAMPLE_IMAGE = SAMPLE_IMAGES / "daisy.jpg"
+# How results name the request image: its path inside the distribution, the same installed or checked out.
+SAMPLE_IMAGE_NAME = SAMPLE_IMAGE.relative_to(SAMPLE_IMAGES.parents[2]).as_posix()
 EXPORT_SEED = 0
 WORKER_TIMEOUT_S = 3600
 # Files an export writes last or only with --onnx: their presence means a complete, usable cache entry.
@@ -26,16 +31,15 @@ class WorkerError(RuntimeError):
 
 
 def quiet_env() -> dict[str, str]:
-    """Child environment: the repo importable, Paddle's C++ INFO lines off."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path}
+    """Paddle's C++ INFO lines off; cwd and PYTHONPATH are inherited, so children import the kit as this process did."""
+    env = dict(os.environ)
     env.setdefault("GLOG_minloglevel", "2")
     return env
 
 
 def ensure_model(name: str, models_dir: Path) -> Path:
-    """`models_dir/name/serving_server`, exported (random weights, with ONNX) only when no complete copy exists."""
-    root = Path(models_dir) / name
+    """Absolute `models_dir/name/serving_server` (server configs live elsewhere), exported once (random, with ONNX)."""
+    root = Path(models_dir).resolve() / name
     if not all((root / marker).is_file() for marker in COMPLETE_MARKERS):
         _export(name, root)
     return root / "serving_server"
@@ -86,7 +90,7 @@ def run_worker(spec: dict, timeout_s: float = WORKER_TIMEOUT_S) -> dict:
         out = Path(tmp) / "result.json"
         command = [sys.executable, "-m", "bench.worker", json.dumps(spec), str(out)]
         try:
-            done = subprocess.run(command, cwd=ROOT, env=quiet_env(), capture_output=True, text=True,
+            done = subprocess.run(command, env=quiet_env(), capture_output=True, text=True,
                                   timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired:
             raise WorkerError(f"{spec['task']} worker ran past {timeout_s:.0f} s") from None

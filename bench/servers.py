@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.models import ROOT, quiet_env
+from bench.models import quiet_env
 
 START_TIMEOUT_S = 300
 STOP_GRACE_S = 20
@@ -71,7 +71,8 @@ def pipeline_command(server_dir: Path, budget: Budget, workdir: Path, grpc_threa
         config["op"]["imagenet"]["concurrency"] = 1
     path = workdir / "config.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    command = [sys.executable, str(ROOT / "pipelines" / "web_service.py"), "--config", str(path)]
+    command = [sys.executable, "-m", "pipelines.web_service", "--config", str(path), "--pid_file",
+               str(workdir / "web_service.pid")]
     return command, {"http": http_port, "grpc": rpc_port}
 
 
@@ -149,7 +150,7 @@ def running(target: str, server_dir: Path, budget: Budget, workdir: Path, grpc_t
         command, ports = model_server_command(server_dir, budget)
     log = workdir / f"{target}.log"
     with log.open("wb") as handle:
-        process = subprocess.Popen(command, cwd=ROOT, env=quiet_env(), stdout=handle, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=quiet_env(), stdout=handle, stderr=subprocess.STDOUT)
     try:
         wait_for_ports(process, sorted(set(ports.values())), log, START_TIMEOUT_S)
         if target != "model_server":

@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from bench.memory import parent_pids, rss_bytes
-from bench.models import DEFAULT_MODELS_DIR, ROOT, ensure_model, quiet_env
+from bench.models import DEFAULT_MODELS_DIR, DEFAULT_RESULTS_DIR, SAMPLE_IMAGE, ensure_model, quiet_env
 from bench.servers import free_port, stop, wait_for_ports, wait_until_ready
 from bench.soak_cases import UNPICKLED, ModelServerBrpc, ModelServerGrpc, PipelineGrpc, PipelineHttp
 from serving.files import atomic_write_text
@@ -94,7 +94,7 @@ def start_servers(model_dir: Path, workdir: Path) -> tuple[dict[str, subprocess.
     config = workdir / "config.yml"
     config.write_text(yaml.safe_dump(pipeline_config(model_dir, ports["http"], ports["rpc"])), encoding="utf-8")
     log = workdir / "pipeline.log"
-    commands = {"pipeline": [sys.executable, str(ROOT / "pipelines" / "web_service.py"), "--config", str(config),
+    commands = {"pipeline": [sys.executable, "-m", "pipelines.web_service", "--config", str(config),
                              "--pid_file", str(workdir / "pipeline.pid")],
                 "model_server": [sys.executable, "-m", "serving.model_server", "--model", str(model_dir),
                                  "--port", str(ports["brpc"]), "--grpc_port", str(ports["model_grpc"]),
@@ -102,7 +102,7 @@ def start_servers(model_dir: Path, workdir: Path) -> tuple[dict[str, subprocess.
     processes = {}
     for name, command in commands.items():
         with (workdir / f"{name}.log").open("wb") as handle:
-            processes[name] = subprocess.Popen(command, cwd=ROOT, env=quiet_env(), stdout=handle,
+            processes[name] = subprocess.Popen(command, env=quiet_env(), stdout=handle,
                                                stderr=subprocess.STDOUT)
     wait_until_ready(processes["pipeline"], f"http://127.0.0.1:{ports['http']}/ready", log, 600)
     wait_for_ports(processes["model_server"], [ports["brpc"], ports["model_grpc"]], workdir / "model_server.log", 600)
@@ -149,7 +149,7 @@ def kill_a_worker(processes: dict[str, subprocess.Popen], log: Path, tally: Tall
 def run(model_dir: Path, seconds: float, workdir: Path, threads: int) -> dict:
     """Start, warm up, drive every protocol, kill a worker halfway, stop; the raw result."""
     processes, ports, log = start_servers(model_dir, workdir)
-    image = (ROOT / "export" / "data" / "images" / "daisy.jpg").read_bytes()
+    image = SAMPLE_IMAGE.read_bytes()
     factories: list[tuple[str, Callable[[], object]]] = [
         ("pipeline http", lambda: PipelineHttp(ports["http"], image)),
         ("pipeline grpc", lambda: PipelineGrpc(ports["rpc"], image)),
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=300.0, help="length of the run")
     parser.add_argument("--threads", type=int, default=1, help="client threads per protocol")
     parser.add_argument("--model", type=Path, help="serving_server folder (default: SqueezeNet1_1, exported once)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak", help="result folder")
+    parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR / "soak", help="result folder")
     args = parser.parse_args(argv)
     model_dir = args.model or ensure_model("SqueezeNet1_1", DEFAULT_MODELS_DIR)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -4,17 +4,15 @@ Plain random init saturates (DarkNet53's logits reach ~1e5 with default BatchNor
 statistics), so every image gets a one-hot softmax and parity checks prove nothing.
 """
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import paddle
 from paddle import nn
 
+from export import SAMPLE_IMAGES
 from export.models import MEAN, STD, ModelSpec
 from serving.preprocess import Transforms
 
-SAMPLE_IMAGES = Path(__file__).parent / "data" / "images"
 LOGIT_STD = 2.0
 SYNTHETIC_IMAGES = 2
 VARIANCE_FLOOR = 0.1

@@ -2,6 +2,11 @@
 
     python pipelines/web_service.py [--config config.yml] [--http_port N] [--rpc_port N] [--model_config DIR]
     python pipelines/web_service.py stop [--pid_file FILE]     # like Paddle Serving's `serve stop`
+
+(or `serving-kit serve ...` and `serving-kit stop` once installed). Without --config the service reads the
+default config.yml with its relative paths taken from the working directory, so `models/SqueezeNet1_1` is the
+one beside you; the pid file is `web_service.pid` there too, as Paddle Serving keeps its own in the working
+directory.
 """
 
 import argparse
@@ -16,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from serving.errors import ConfigError, InputError, ServingError
 from serving.logs import FORMATS, setup_logging
@@ -23,7 +29,11 @@ from serving.model_card import load_card
 from serving.pipeline import Op, WebService
 
 log = logging.getLogger("pipelines.imagenet")
-ROOT = Path(__file__).resolve().parent.parent
+# An installed package holds config.yml (setup.py copies the top-level file in at build time); a checkout has
+# only the top-level file, one folder up.
+_PACKAGED_CONFIG = Path(__file__).with_name("config.yml")
+DEFAULT_CONFIG = _PACKAGED_CONFIG if _PACKAGED_CONFIG.is_file() else Path(__file__).resolve().parents[1] / "config.yml"
+PID_FILE = "web_service.pid"
 
 
 class ImagenetOp(Op):
@@ -87,14 +97,15 @@ def _quiet_paddle_import() -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The overrides a deployment most often needs, without editing config.yml."""
     parser = argparse.ArgumentParser(description="Image classification pipeline service (Paddle Serving API).")
-    parser.add_argument("--config", default=str(ROOT / "config.yml"), help="config.yml path")
+    parser.add_argument("--config", help="config.yml path (default: the kit's config.yml, its relative paths taken "
+                                          "from the working directory)")
     parser.add_argument("--http_port", type=int, help="override http_port")
     parser.add_argument("--rpc_port", type=int, help="override rpc_port")
     parser.add_argument("--model_config", help="override op.imagenet.local_service_conf.model_config")
     parser.add_argument("--log_format", choices=FORMATS, help="text (default) or json lines; or $SERVING_LOG_FORMAT")
     parser.add_argument("--name", default="imagenet", help="service name: the REST path is /{name}/prediction")
-    parser.add_argument("--pid_file", type=Path, default=ROOT / "web_service.pid",
-                        help="where the running service's pid is kept (for `stop`)")
+    parser.add_argument("--pid_file", type=Path, default=Path.cwd() / PID_FILE,
+                        help=f"where the running service's pid is kept (for `stop`; default ./{PID_FILE})")
     parser.add_argument("command", nargs="?", choices=("run", "stop"), default="run",
                         help="run (default) or stop the service running under --pid_file")
     return parser.parse_args(argv)
@@ -141,9 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         return stop(args.pid_file)
     model_config = str(Path(args.model_config).resolve()) if args.model_config else None
     service = ImageService(name=args.name)
+    overrides = {"http_port": args.http_port, "rpc_port": args.rpc_port, "model_config": model_config}
     try:
-        service.prepare_pipeline_config(args.config, overrides={
-            "http_port": args.http_port, "rpc_port": args.rpc_port, "model_config": model_config})
+        if args.config is None:  # a dict's relative paths resolve against the working directory
+            service.prepare_pipeline_config(yml_dict=yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8")),
+                                            overrides=overrides)
+        else:
+            service.prepare_pipeline_config(args.config, overrides=overrides)
         service.run_service(pid_file=args.pid_file)
     except (ConfigError, ServingError) as exc:
         print(f"error: {exc}", file=sys.stderr)

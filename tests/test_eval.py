@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.eval import local_predictor, main
+from bench.eval import main
 from pipelines.web_service import ImageService
+from serving.classify import local_predictor
 from serving.model_card import load_card
 from serving.model_server import ModelServer, build_service, parse_args
 from tests.conftest import photo_bytes

@@ -1,5 +1,6 @@
 """The local predictor: settings from local_service_conf, Config calls, and real Paddle Inference runs."""
 
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -375,3 +376,16 @@ def test_onnx_runtime_engine_needs_the_onnx_file(make_conf: Callable[..., LocalS
     with pytest.raises(ConfigError, match=r"engine = 'onnxruntime': no inference\.onnx in .*; export with --onnx"):
         settings_from_conf(make_conf(engine="onnxruntime"), model_config)
     assert settings_from_conf(make_conf(), model_config).engine == "paddle"
+
+
+def test_paddle_engine_without_paddle_says_which_extra_to_install(make_conf: Callable[..., LocalServiceConf],
+                                                                  model_config: GeneralModelConfig, server_dir: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "paddle", None)  # `import paddle` now fails as in the wheel's plain install
+    monkeypatch.delitem(sys.modules, "serving.predictor.paddle_predictor")
+    with pytest.raises(InitError) as error:
+        LocalPredictor(settings_from_conf(make_conf(), model_config), model_config)
+    assert str(error.value) == (
+        f"engine paddle (Paddle Inference) for {server_dir}, but Paddle is not installed: pip install "
+        "'pipeline-serving-kit[paddle]' (on GPU: paddlepaddle-gpu), or serve an export made with --onnx on engine "
+        "onnxruntime")

@@ -268,3 +268,16 @@ def test_paddle_serving_s_shipped_config_loads_and_a_gpu_request_on_the_cpu_buil
     assert config.op["imagenet"].local_service_conf.device_type == 1
     with pytest.raises(InitError, match=r'is the CPU build: set device_type: 0 and devices: "" to run on the CPU'):
         svc.start()
+
+
+def test_default_config_takes_relative_paths_from_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    from pipelines import web_service
+
+    assert web_service.DEFAULT_CONFIG == ROOT / "config.yml"  # a checkout's own; the wheel's is pipelines/config.yml
+    monkeypatch.chdir(tmp_path)
+    assert web_service.main(["--http_port", "0", "--rpc_port", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: config op.imagenet.local_service_conf.model_config = 'models/SqueezeNet1_1/serving_server': the "
+        f"folder must exist and hold serving_server_conf.prototxt (looked in {tmp_path}/models/SqueezeNet1_1/"
+        "serving_server); export one with python -m export")

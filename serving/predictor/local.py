@@ -13,6 +13,10 @@ from serving.predictor.settings import PredictorSettings, summary
 from serving.proto.general_model_config_pb2 import FeedVar, FetchVar, GeneralModelConfig
 from serving.tensors import DTYPE_OF, ElemType
 
+# The wheel's default install serves ONNX exports without Paddle; Paddle Inference is the `paddle` extra.
+PADDLE_MISSING = ("engine paddle (Paddle Inference) for {model_dir}, but Paddle is not installed: pip install "
+                  "'pipeline-serving-kit[paddle]' (on GPU: paddlepaddle-gpu), or serve an export made with --onnx "
+                  "on engine onnxruntime")
 # The feed_type codes both engines accept from numpy: the tensor table's dtypes, INT16 aside.
 FEED_DTYPES = {code: dtype for code, dtype in DTYPE_OF.items() if code != ElemType.INT16}
 
@@ -28,8 +32,12 @@ def _engine(settings: PredictorSettings, feeds: list[FeedVar], fetches: list[Fet
         from serving.predictor.ort_engine import OrtEngine
 
         return OrtEngine(settings, feeds, fetches)
-    from serving.predictor.paddle_predictor import PaddleEngine
-
+    try:
+        from serving.predictor.paddle_predictor import PaddleEngine
+    except ModuleNotFoundError as exc:
+        if exc.name != "paddle":
+            raise
+        raise InitError(PADDLE_MISSING.format(model_dir=settings.model_dir)) from None
     return PaddleEngine(settings, feeds, fetches)
 
 class LocalPredictor:
