@@ -34,6 +34,7 @@ COMMANDS = {
     "bench": Command("bench.__main__", "benchmarks: the README's performance tables", "bench"),
     "eval": Command("bench.eval", "top-1/top-5 on a labelled image list, in process or through a server", "bench"),
     "migrate": Command("serving.migrate", "rewrite a Paddle Serving script's imports to the kit's"),
+    "compat": Command("serving.compat", "run a Paddle Serving service, client or benchmark script unchanged"),
 }
 
 

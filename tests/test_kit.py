@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {"export": ("export.__main__", []), "serve": ("pipelines.web_service", []),
             "stop": ("pipelines.web_service", ["stop"]), "model-server": ("serving.model_server", []),
             "predict": ("kit.predict", []), "bench": ("bench.__main__", []), "eval": ("bench.eval", []),
-            "migrate": ("serving.migrate", [])}
+            "migrate": ("serving.migrate", []), "compat": ("serving.compat", [])}
 
 
 def test_every_command_is_expected() -> None:
@@ -89,3 +89,10 @@ def test_predict_reports_a_bad_image_and_an_unusable_model(squeezenet_root: Path
     assert captured.err.splitlines()[-1].startswith(f"error: {text}: ")
     assert main(["predict", "--model", str(tmp_path), str(IMAGES / "daisy.jpg")]) == 2
     assert capsys.readouterr().err.startswith(f"error: cannot read the model card in {tmp_path}")
+
+
+def test_compat_runs_a_script_with_its_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    script = tmp_path / "ps_client.py"
+    script.write_text("import sys\nprint(sys.argv[1:])\n")
+    assert main(["compat", str(script), "--endpoint", "127.0.0.1:9993"]) == 0
+    assert capsys.readouterr().out == "['--endpoint', '127.0.0.1:9993']\n"
