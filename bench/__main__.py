@@ -1,4 +1,4 @@
-"""`python -m bench engines | ceiling | e2e | all | batching | memory`: the README's performance tables.
+"""`python -m bench engines | ceiling | e2e | all | batching | memory`: docs/performance.md's tables.
 
     python -m bench engines [--models ...] [--batches 1 4 8] [--runs 20] [--warmup 5] [--threads 2]
     python -m bench ceiling [--model SqueezeNet1_1] [--engine auto] [--workers 2] [--seconds 5]

@@ -31,7 +31,7 @@ COMMANDS = {
                     prefix=("stop",)),
     "model-server": Command("serving.model_server", "run the model server (brpc, HTTP, gRPC) on one model folder"),
     "predict": Command("kit.predict", "classify image files in process, no server: label and prob per image"),
-    "bench": Command("bench.__main__", "benchmarks: the README's performance tables", "bench"),
+    "bench": Command("bench.__main__", "benchmarks: docs/performance.md's tables", "bench"),
     "eval": Command("bench.eval", "top-1/top-5 on a labelled image list, in process or through a server", "bench"),
     "migrate": Command("serving.migrate", "rewrite a Paddle Serving script's imports to the kit's"),
     "compat": Command("serving.compat", "run a Paddle Serving service, client or benchmark script unchanged"),

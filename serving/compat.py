@@ -94,8 +94,8 @@ def _report_failure(script: Path, exc: BaseException) -> bool:
         print(f"{where}: {exc}\n{hint}", file=sys.stderr)
         return True
     if isinstance(exc, ImportError) and (exc.name or "").startswith("paddle_serving"):
-        print(f"{where}: {exc}; the kit maps only what `python -m serving.migrate` lists (see the README's "
-              "porting section)", file=sys.stderr)
+        print(f"{where}: {exc}; the kit maps only what `python -m serving.migrate` lists (see docs/porting.md)",
+              file=sys.stderr)
         return True
     return False
 
