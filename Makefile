@@ -29,10 +29,17 @@ serve: $(STAMP)
 
 # Regenerates serving/proto/*_pb2.py from the .proto files (committed; never edit them by hand).
 PROTOS := $(wildcard serving/proto/*.proto)
-SERVICE_PROTOS := serving/proto/pipeline_service.proto serving/proto/general_model_service.proto
+SERVICE_PROTOS := serving/proto/pipeline_service.proto serving/proto/general_model_service.proto \
+	serving/proto/grpc_predict_v2.proto
+# The Open Inference Protocol's messages are named inference.* here as in tritonclient's and kserve's modules,
+# which register theirs in protobuf's default pool: ours get a pool of their own, so that a process may import
+# a client of the protocol beside the server (the tests do).
+OWN_POOL := serving/proto/grpc_predict_v2_pb2.py
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. $(PROTOS)
 	$(PY) -m grpc_tools.protoc -I. --grpc_python_out=. $(SERVICE_PROTOS)
+	$(PY) -c "import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.write_text(p.read_text().replace(\
+	'_descriptor_pool.Default().AddSerializedFile', '_descriptor_pool.DescriptorPool().AddSerializedFile'))" $(OWN_POOL)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
