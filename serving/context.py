@@ -5,7 +5,9 @@ import math
 import time
 from dataclasses import dataclass
 
-from serving.errors import InputError
+import grpc
+
+from serving.errors import DeadlineExceededError, InputError
 
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"  # an HTTP caller's own deadline, in milliseconds from sending
 
@@ -54,3 +56,13 @@ def timeout_header_ms(value: str | None) -> float:
     if not 0 < timeout_ms < math.inf:
         raise InputError(f"header {TIMEOUT_HEADER}: {value!r} is not a positive number of milliseconds")
     return timeout_ms
+
+
+def client_timeout_ms(context: grpc.ServicerContext) -> float:
+    """What is left of the caller's gRPC deadline, in ms (0: none); a passed one is refused before any work."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 1e9:
+        return 0.0
+    if remaining <= 0:
+        raise DeadlineExceededError("the call's gRPC deadline passed before it was started")
+    return remaining * 1000

@@ -42,7 +42,7 @@ class Endpoint(Protocol[Req, Resp]):
         """The answer; raises a ServingError (or anything else: err_no 10000) on failure."""
 
     def failure(self, exc: BaseException, request: Req, ctx: RequestContext) -> Resp:
-        """`exc` as this endpoint's response (err_no and err_msg from the error table)."""
+        """`exc` as this endpoint's response (err_no and err_msg, or the protocol's error, from the error table)."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,13 @@ class DataPlane(Generic[Req, Resp]):
         with self._idle:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout_s)
 
-    def infer(self, request: Req, ctx: RequestContext) -> Answer[Resp]:
-        """Run one request; counts it in the metrics by protocol and err_no and logs one line."""
+    def infer(self, request: Any, ctx: RequestContext, endpoint: Endpoint | None = None) -> Answer:
+        """Run one request; counts it in the metrics by protocol and err_no and logs one line.
+
+        `endpoint`: an adapter over this plane's endpoint that takes another protocol's request (the Open
+        Inference Protocol's); it shares the admission limit, the closing state, the metrics and the log.
+        """
+        endpoint = endpoint or self.endpoint
         started = time.perf_counter()
         caller_ms = ctx.remaining_ms()
         if self.budget_ms > 0:
@@ -119,14 +124,14 @@ class DataPlane(Generic[Req, Resp]):
             if inflight > self.max_inflight:
                 raise OverloadedError(f"{inflight - 1} requests in flight reach {self.inflight_setting} "
                                       f"({self.max_inflight}); retry later or on another instance")
-            self.endpoint.check(request)
+            endpoint.check(request)
             if self._closing:
                 raise ClosedError("the service is stopping; retry on another instance")
-            if not self.endpoint.ready:
+            if not endpoint.ready:
                 raise InitError("the service is still loading its models; retry when GET /ready answers 200")
-            answer = Answer(self.endpoint.run(request, ctx))
+            answer = Answer(endpoint.run(request, ctx))
         except Exception as exc:  # every failure becomes err_no/err_msg; the server keeps serving
-            answer = Answer(self.endpoint.failure(exc, request, ctx), exc)
+            answer = Answer(endpoint.failure(exc, request, ctx), exc)
             if error_of(exc)[0] >= 10000:
                 log.exception("logid %s: unexpected error", ctx.log_id)
         finally:
@@ -135,7 +140,7 @@ class DataPlane(Generic[Req, Resp]):
                 self._inflight -= 1
                 self._idle.notify_all()
         elapsed = time.perf_counter() - started
-        err_no = answer.response.err_no
+        err_no = 0 if answer.error is None else error_of(answer.error)[0]
         metrics.REQUESTS.labels(err_no=err_no, protocol=ctx.protocol).inc()
         metrics.LATENCY.labels(protocol=ctx.protocol).observe(elapsed)
         request_line(log, ctx.log_id, ctx.protocol, err_no, elapsed, caller_ms)

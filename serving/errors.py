@@ -150,21 +150,33 @@ class PayloadError(InputError):
 class WireStatus:
     """How an error travels where a wire has its own status; None: a normal answer that carries the err_no.
 
-    Paddle Serving's clients read err_no from a normal answer, so only what a proxy, load balancer or
-    transport must see (authentication, overload, shutdown, unusable frames) gets a status of its own.
+    Paddle Serving's clients read err_no from a normal answer, so on its protocols only what a proxy, load
+    balancer or transport must see (authentication, overload, shutdown, unusable frames) gets a status of its
+    own. The Open Inference Protocol has no err_no: there every error is an HTTP status and a gRPC code
+    (`oip_http`, `oip_grpc`), as KServe maps them (bad input 400, unknown model 404, not ready 503).
     """
 
     http_status: int = 200
     grpc_code: grpc.StatusCode | None = None
     brpc_code: BrpcCode | None = None
+    oip_http: int = 500
+    oip_grpc: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
 
 # The one table from exception to wire; the first matching class wins, so subclasses come first.
 WIRE_STATUS: dict[type[BaseException], WireStatus] = {
-    AuthError: WireStatus(401, grpc.StatusCode.UNAUTHENTICATED, BrpcCode.ERPCAUTH),
-    OverloadedError: WireStatus(503, grpc.StatusCode.RESOURCE_EXHAUSTED, BrpcCode.ELIMIT),
-    ClosedError: WireStatus(200, None, BrpcCode.ELOGOFF),
-    PayloadError: WireStatus(400, grpc.StatusCode.INVALID_ARGUMENT, BrpcCode.EREQUEST),
+    AuthError: WireStatus(401, grpc.StatusCode.UNAUTHENTICATED, BrpcCode.ERPCAUTH, 401,
+                          grpc.StatusCode.UNAUTHENTICATED),
+    OverloadedError: WireStatus(503, grpc.StatusCode.RESOURCE_EXHAUSTED, BrpcCode.ELIMIT, 503,
+                                grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ClosedError: WireStatus(200, None, BrpcCode.ELOGOFF, 503, grpc.StatusCode.UNAVAILABLE),
+    PayloadError: WireStatus(400, grpc.StatusCode.INVALID_ARGUMENT, BrpcCode.EREQUEST, 400,
+                             grpc.StatusCode.INVALID_ARGUMENT),
+    PayloadTooLargeError: WireStatus(oip_http=413, oip_grpc=grpc.StatusCode.INVALID_ARGUMENT),
+    InputError: WireStatus(oip_http=400, oip_grpc=grpc.StatusCode.INVALID_ARGUMENT),
+    ServiceNotFoundError: WireStatus(oip_http=404, oip_grpc=grpc.StatusCode.NOT_FOUND),
+    InitError: WireStatus(oip_http=503, oip_grpc=grpc.StatusCode.UNAVAILABLE),
+    DeadlineExceededError: WireStatus(oip_http=504, oip_grpc=grpc.StatusCode.DEADLINE_EXCEEDED),
 }
 IN_BODY = WireStatus()
 

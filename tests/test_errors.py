@@ -9,11 +9,15 @@ from serving.errors import (
     AuthError,
     BrpcCode,
     ClosedError,
+    DeadlineExceededError,
     ErrorCode,
+    InitError,
     InputError,
     OverloadedError,
     PayloadError,
     PayloadTooLargeError,
+    ServiceNotFoundError,
+    TypeCheckError,
     error_of,
     http_status_of,
     user_code_error,
@@ -21,26 +25,37 @@ from serving.errors import (
 )
 
 
-@pytest.mark.parametrize(("error", "err_no", "http", "grpc_code", "brpc_code"), [
-    (AuthError("token"), 3004, 401, grpc.StatusCode.UNAUTHENTICATED, BrpcCode.ERPCAUTH),
-    (OverloadedError("busy"), 5000, 503, grpc.StatusCode.RESOURCE_EXHAUSTED, BrpcCode.ELIMIT),
-    (ClosedError("stopping"), 3001, 200, None, BrpcCode.ELOGOFF),
-    (PayloadError("gzip"), 5000, 400, grpc.StatusCode.INVALID_ARGUMENT, BrpcCode.EREQUEST),
-    (PayloadTooLargeError("big"), 5000, 200, None, None),
-    (InputError("bad"), 5000, 200, None, None),
+@pytest.mark.parametrize(("error", "err_no", "http", "grpc_code", "brpc_code", "oip"), [
+    (AuthError("token"), 3004, 401, grpc.StatusCode.UNAUTHENTICATED, BrpcCode.ERPCAUTH,
+     (401, grpc.StatusCode.UNAUTHENTICATED)),
+    (OverloadedError("busy"), 5000, 503, grpc.StatusCode.RESOURCE_EXHAUSTED, BrpcCode.ELIMIT,
+     (503, grpc.StatusCode.RESOURCE_EXHAUSTED)),
+    (ClosedError("stopping"), 3001, 200, None, BrpcCode.ELOGOFF, (503, grpc.StatusCode.UNAVAILABLE)),
+    (PayloadError("gzip"), 5000, 400, grpc.StatusCode.INVALID_ARGUMENT, BrpcCode.EREQUEST,
+     (400, grpc.StatusCode.INVALID_ARGUMENT)),
+    (PayloadTooLargeError("big"), 5000, 200, None, None, (413, grpc.StatusCode.INVALID_ARGUMENT)),
+    (InputError("bad"), 5000, 200, None, None, (400, grpc.StatusCode.INVALID_ARGUMENT)),
+    (ServiceNotFoundError("no model"), 3002, 200, None, None, (404, grpc.StatusCode.NOT_FOUND)),
+    (InitError("loading"), 3003, 200, None, None, (503, grpc.StatusCode.UNAVAILABLE)),
+    (DeadlineExceededError("late"), 6000, 200, None, None, (504, grpc.StatusCode.DEADLINE_EXCEEDED)),
+    (TypeCheckError("not str"), 7000, 200, None, None, (500, grpc.StatusCode.INTERNAL)),
 ])
 def test_each_error_has_its_err_no_and_wire_statuses(error: Exception, err_no: int, http: int,
                                                       grpc_code: grpc.StatusCode | None,
-                                                      brpc_code: BrpcCode | None) -> None:
+                                                      brpc_code: BrpcCode | None,
+                                                      oip: tuple[int, grpc.StatusCode]) -> None:
     status = wire_status_of(error)
     assert error_of(error) == (err_no, str(error))
     assert (status.http_status, status.grpc_code, status.brpc_code) == (http, grpc_code, brpc_code)
+    assert (status.oip_http, status.oip_grpc) == oip  # the Open Inference Protocol: every error is a status
     assert http_status_of(error) == http
 
 
 def test_unexpected_exceptions_are_unknown_and_travel_in_the_body() -> None:
     assert error_of(KeyError("x")) == (ErrorCode.UNKNOWN, "internal error: KeyError: 'x'")
     assert wire_status_of(KeyError("x")) == wire_status_of(None)
+    assert (wire_status_of(KeyError("x")).oip_http, wire_status_of(KeyError("x")).oip_grpc) == (
+        500, grpc.StatusCode.INTERNAL)
     assert wire_status_of(None).http_status == 200
 
 

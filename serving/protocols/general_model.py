@@ -12,14 +12,13 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
-from serving.context import RequestContext
+from serving.context import RequestContext, client_timeout_ms
 from serving.dataplane import DataPlane
 from serving.errors import DeadlineExceededError, ErrorCode, PayloadError, wire_status_of
 from serving.model_service import SERVICE_NAME
 from serving.proto import general_model_service_pb2 as gm
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.protocols.brpc_server import Route, RpcService
-from serving.protocols.grpc_server import client_timeout_ms
 from serving.protocols.http_common import DEEP_JSON
 
 ModelDataPlane = DataPlane[gm.Request, gm.Response]

@@ -14,7 +14,7 @@ from concurrent import futures
 import grpc
 
 from serving.config import LimitsConfig
-from serving.context import RequestContext
+from serving.context import RequestContext, client_timeout_ms
 from serving.dataplane import DataPlane, PipelineResponse
 from serving.errors import DeadlineExceededError, InputError
 from serving.proto import pipeline_service_pb2 as pb
@@ -38,16 +38,6 @@ class PipelineServicer(pb_grpc.PipelineServiceServicer):
         except (InputError, DeadlineExceededError) as exc:
             return response_to_proto(PipelineResponse.from_error(exc))
         return response_to_proto(self.dataplane.infer(decoded, ctx).response)
-
-
-def client_timeout_ms(context: grpc.ServicerContext) -> float:
-    """What is left of the caller's gRPC deadline, in ms (0: none); a passed one is refused before any work."""
-    remaining = context.time_remaining()
-    if remaining is None or remaining > 1e9:
-        return 0.0
-    if remaining <= 0:
-        raise DeadlineExceededError("the call's gRPC deadline passed before it was started")
-    return remaining * 1000
 
 
 class GrpcServer:
