@@ -27,6 +27,7 @@ from serving.errors import ConfigError, InputError, ServingError
 from serving.logs import FORMATS, setup_logging
 from serving.model_card import load_card
 from serving.pipeline import Op, WebService
+from serving.protocols.oip import Signature, TensorSpec
 
 log = logging.getLogger("pipelines.imagenet")
 # An installed package holds config.yml (setup.py copies the top-level file in at build time); a checkout has
@@ -87,6 +88,15 @@ class ImageService(WebService):
     def get_pipeline_response(self, read_op: Op) -> Op:
         """The classification op, named `imagenet` as in config.yml."""
         return ImagenetOp(name="imagenet", input_ops=[read_op])
+
+    def get_tensor_signature(self) -> Signature:
+        """Over the Open Inference Protocol: image files in; label and prob per image out, with top-k if set."""
+        op = next(op for op in self.dag.ops if isinstance(op, ImagenetOp))
+        outputs = [TensorSpec("label", "BYTES", (-1,)), TensorSpec("prob", "FP32", (-1,))]
+        if op.config.topk > 1:
+            k = min(op.config.topk, len(op.card.labels))
+            outputs += [TensorSpec("topk_label", "BYTES", (-1, k)), TensorSpec("topk_prob", "FP32", (-1, k))]
+        return Signature((TensorSpec("image", "BYTES", (-1,)),), tuple(outputs))
 
 
 def _quiet_paddle_import() -> None:

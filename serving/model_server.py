@@ -6,7 +6,8 @@
 
 One port answers baidu_std (brpc) `GeneralModelService.inference`/`.debug` and HTTP
 `POST /GeneralModelService/inference`; gRPC for the same service is on `--grpc_port`, because
-Python's gRPC server cannot share a socket with another protocol.
+Python's gRPC server cannot share a socket with another protocol. Both also speak the Open Inference
+Protocol (HTTP /v2/..., gRPC inference.GRPCInferenceService), the model named like its model card.
 """
 
 import argparse
@@ -35,6 +36,9 @@ from serving.protocols.brpc_server import BrpcServer, ServerLimits
 from serving.protocols.general_model import ModelServicer, http_routes, rpc_service
 from serving.protocols.grpc_server import grpc_options
 from serving.protocols.health import HealthServicer, add_health
+from serving.protocols.oip import SERVICE_NAME as OIP_SERVICE
+from serving.protocols.oip import OipEndpoint, OipRest, OipService, add_oip_servicer
+from serving.protocols.oip_models import ModelServiceModel
 from serving.security import SecurityConfig, add_grpc_port, grpc_interceptors
 
 log = logging.getLogger("serving.model_server")
@@ -137,8 +141,11 @@ class ModelServer:
                               max_connections=self.limits.max_connections,
                               client_timeout_s=self.limits.client_timeout_ms / 1000)
         self.dataplane = DataPlane(service, args.max_inflight, inflight_setting="--max_inflight")
+        name = service.card.model if service.card is not None else Path(args.model).resolve().parent.name
+        self.oip = OipService(self.dataplane, OipEndpoint(service, ModelServiceModel(service, name)))
+        # one thread more than admitted, to refuse at once
         self.brpc = BrpcServer([rpc_service(self.dataplane)], http_routes(self.dataplane), args.max_inflight + 1,
-                               limits, security=self.security)  # one thread more than admitted, to refuse at once
+                               limits, security=self.security, rest=OipRest(self.oip))
         self.grpc: grpc.Server | None = None
         self.health: HealthServicer | None = None
         self.servicer = ModelServicer(self.dataplane)
@@ -156,7 +163,8 @@ class ModelServer:
                                     interceptors=grpc_interceptors(self.security),
                                     maximum_concurrent_rpcs=self.args.max_inflight)  # beyond: RESOURCE_EXHAUSTED
             gm_grpc.add_GeneralModelServiceServicer_to_server(self.servicer, self.grpc)
-            self.health = add_health(self.grpc, [SERVICE_NAME])
+            add_oip_servicer(self.grpc, self.oip)
+            self.health = add_health(self.grpc, [SERVICE_NAME, OIP_SERVICE])
             self.grpc_port = add_grpc_port(self.grpc, f"0.0.0.0:{self.args.grpc_port}", self.security)
             self.grpc.start()
             self.dataplane.on_serving(self.health.follow)  # SERVING now (the model is loaded)
@@ -185,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ServingError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    log.info("GeneralModelService ready: baidu_std + HTTP on port %d%s; %s", server.port,
+    log.info("GeneralModelService and OIP model %r ready: baidu_std + HTTP on port %d%s; %s",
+             server.oip.endpoint.model.name, server.port,
              f", gRPC on port {server.grpc_port}" if server.grpc else "",
              ", ".join(f"{key} {value}" for key, value in server.dataplane.endpoint.predictor.engine_info.items()))
     stopped = threading.Event()

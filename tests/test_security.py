@@ -251,6 +251,20 @@ def test_model_server_http_needs_the_token(model_server: ModelServer) -> None:
     assert status == 200 and answer["err_no"] == 0 and answer["outputs"]
 
 
+@pytest.mark.parametrize(("kind", "model"), [("pipeline", "imagenet"), ("model_server", "SqueezeNet1_1")])
+def test_open_inference_protocol_needs_the_token_but_for_its_health(request: pytest.FixtureRequest, kind: str,
+                                                                     model: str) -> None:
+    server = request.getfixturevalue(kind)
+    port = server.http_port if kind == "pipeline" else server.port
+    status, headers, answer = https(port, f"/v2/models/{model}")
+    assert status == 401 and headers["WWW-Authenticate"] == "Bearer" and "Authorization: Bearer" in answer["error"]
+    status, _, answer = https(port, f"/v2/models/{model}", Authorization=f"Bearer {TOKEN}")
+    assert status == 200 and answer["name"] == model
+    context = ssl.create_default_context(cafile=str(CERT))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/health/ready", context=context) as answer:
+        assert answer.status == 200
+
+
 def test_model_server_grpc_tls_and_token(model_server: ModelServer, expected: np.ndarray) -> None:
     request = image_request()
     with grpc.insecure_channel(f"127.0.0.1:{model_server.grpc_port}") as channel, pytest.raises(grpc.RpcError) as plain:

@@ -21,6 +21,8 @@ from serving.pipeline.op import Op, RequestOp
 from serving.pipeline.workers import WorkerPool, WorkerSpec, reserve_port
 from serving.protocols.grpc_server import start_grpc_server
 from serving.protocols.http_server import start_http_server
+from serving.protocols.oip import OipEndpoint, OipService, Signature
+from serving.protocols.oip_models import PipelineModel
 
 log = logging.getLogger("serving.pipeline")
 
@@ -79,6 +81,13 @@ class WebService:
         """Build the ops on top of `read_op` and return the last one."""
         raise NotImplementedError("override get_pipeline_response(self, read_op) to return your last op")
 
+    def get_tensor_signature(self) -> Signature | None:
+        """The service as a model of the Open Inference Protocol (inputs and outputs, typed); None: not offered.
+
+        Called once the DAG is up (its ops configured); this kit's, not Paddle Serving's.
+        """
+        return None
+
     def prepare_pipeline_config(self, yml_file: str | None = None, yml_dict: dict | None = None,
                                 overrides: dict[str, object] | None = None) -> ServiceConfig:
         """Load and validate config.yml (or a dict); overrides: http_port, rpc_port, model_config."""
@@ -122,30 +131,33 @@ class WebService:
         endpoint = PipelineEndpoint(self.name)
         limits = self.config.limits
         dataplane = self._dataplane = DataPlane(endpoint, limits.max_inflight, limits.request_timeout_ms)
+        model = PipelineModel(self.name)
+        oip = OipService(dataplane, OipEndpoint(endpoint, model))
         if not reuse_port:
-            self._start_front_ends(dataplane, reuse_port)
+            self._start_front_ends(dataplane, oip, reuse_port)
         try:
             _warn_inert_settings(self.config, self.dag)
             self.dag.start(lambda op: build_predictor(op, self.config))
+            model.attach(self.get_tensor_signature())
             endpoint.attach(self.dag.run, {"service": self.name, "ops": self.dag.metadata()})
             dataplane.announce()
             if reuse_port:
-                self._start_front_ends(dataplane, reuse_port)
+                self._start_front_ends(dataplane, oip, reuse_port)
         except BaseException:
             self.stop()
             raise
         log.info("service %r ready: http_port %s, rpc_port %s", self.name, self.http_port, self.rpc_port)
         return self
 
-    def _start_front_ends(self, dataplane: DataPlane, reuse_port: bool) -> None:
-        """HTTP and gRPC on the configured ports; worker processes share them (SO_REUSEPORT)."""
+    def _start_front_ends(self, dataplane: DataPlane, oip: OipService, reuse_port: bool) -> None:
+        """HTTP and gRPC on the configured ports, each with the Open Inference Protocol; workers share them."""
         limits = self.config.limits
         if self.config.http_port is not None:
-            server, self.http_port = start_http_server(dataplane, self.config.http_port, limits, reuse_port,
+            server, self.http_port = start_http_server(dataplane, oip, self.config.http_port, limits, reuse_port,
                                                        self.config.security)
             self._servers.append(server)
         if self.config.rpc_port is not None:
-            server, self.rpc_port = start_grpc_server(dataplane, self.config.rpc_port, self.config.worker_num,
+            server, self.rpc_port = start_grpc_server(dataplane, oip, self.config.rpc_port, self.config.worker_num,
                                                       limits, reuse_port, self.config.security)
             self._servers.append(server)
 

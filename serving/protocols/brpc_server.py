@@ -1,6 +1,7 @@
 """One asyncio port, as brpc serves it: baidu_std frames and HTTP/1.1 JSON, told apart by the first bytes."""
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from serving.protocols import baidu_std
 from serving.protocols.baidu_std import Frame, FrameError
 from serving.protocols.http_common import error_response
 from serving.protocols.http_stream import CONTINUE, HttpError, HttpRequest, RequestReader, write_response
+from serving.protocols.oip import OipRest
 from serving.security import BRPC_HINT, HANDSHAKE_TIMEOUT_S, HTTP_HINT, SecurityConfig, server_ssl_context, token_check
 
 log = logging.getLogger("serving.brpc")
@@ -69,9 +71,11 @@ class BrpcServer:
     """
 
     def __init__(self, services: list[RpcService], routes: dict[str, Route], workers: int,
-                 limits: ServerLimits | None = None, security: SecurityConfig | None = None) -> None:
+                 limits: ServerLimits | None = None, security: SecurityConfig | None = None,
+                 rest: OipRest | None = None) -> None:
         self.services = {name: service for service in services for name in (service.full_name, service.short_name)}
         self.routes = routes
+        self.rest = rest  # the Open Inference Protocol's /v2 paths, when served
         self.limits = limits or ServerLimits()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="brpc")
         self.server: asyncio.Server | None = None
@@ -233,6 +237,8 @@ class BrpcServer:
         path = request.path.split("?", 1)[0].rstrip("/")
         if request.version not in ("1.0", "1.1"):
             return HttpError(400, f"HTTP/{request.version} is not served here; use HTTP/1.1")
+        if self.rest is not None and self.rest.owns(path):
+            return None  # OipRest answers every method and path under /v2 itself
         allowed = ("POST",) if path in self.routes else ("GET", "HEAD") if path in PROBES else None
         if allowed is None and request.method not in ("GET", "HEAD", "POST"):
             return HttpError(404, f"no {request.method} {path}; this port answers POST {sorted(self.routes)} "
@@ -243,9 +249,18 @@ class BrpcServer:
         return None
 
     async def _answer_http(self, request: HttpRequest, writer: asyncio.StreamWriter) -> None:
-        """GET (and HEAD) probes here, POST through `_route`."""
+        """/v2 through OipRest (inference in the pool), GET (and HEAD) probes here, POST through `_route`."""
+        path = request.path.split("?", 1)[0]
+        if self.rest is not None and self.rest.owns(path.rstrip("/")):
+            call = functools.partial(self.rest.call, request.method, path, request.headers, request.body,
+                                     _peer(writer), self._http_authorized(request))
+            reply = (await asyncio.get_running_loop().run_in_executor(self.pool, call)
+                     if self.rest.runs_model(request.method, path) else call())
+            await write_response(writer, reply.status, reply.body, request.close, reply.content_type, reply.headers,
+                                 head_only=request.method == "HEAD")
+            return
         if request.method in ("GET", "HEAD"):
-            status, body, kind = self._get(request.path.split("?", 1)[0].rstrip("/"))
+            status, body, kind = self._get(path.rstrip("/"))
             await write_response(writer, status, body, request.close, kind, head_only=request.method == "HEAD")
             return
         status, body = await self._route(request, _peer(writer))

@@ -1,4 +1,4 @@
-"""gRPC PipelineService on rpc_port: a thin adapter onto the data plane, on the threaded grpc.server.
+"""gRPC PipelineService and GRPCInferenceService (OIP) on rpc_port: thin adapters, on the threaded grpc.server.
 
 grpc.aio (handlers awaiting the blocking data plane on a bounded pool) was measured against it and
 lost: same DAG, loopback, clients in other processes, ABBA order, a loaded 2-core machine. With
@@ -20,6 +20,8 @@ from serving.errors import DeadlineExceededError, InputError
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
 from serving.protocols.health import HealthServicer, add_health
+from serving.protocols.oip import SERVICE_NAME as OIP_SERVICE
+from serving.protocols.oip import OipService, add_oip_servicer
 from serving.protocols.pipeline_codec import request_from_proto, response_to_proto
 from serving.security import SecurityConfig, add_grpc_port, grpc_interceptors
 
@@ -67,15 +69,19 @@ def grpc_options(limits: LimitsConfig, reuse_port: bool = False) -> list[tuple[s
             ("grpc.so_reuseport", int(reuse_port))]
 
 
-def start_grpc_server(dataplane: DataPlane, port: int, workers: int, limits: LimitsConfig,
+def start_grpc_server(dataplane: DataPlane, oip: OipService, port: int, workers: int, limits: LimitsConfig,
                       reuse_port: bool = False, security: SecurityConfig | None = None) -> tuple[GrpcServer, int]:
-    """Serve on `port` (0 = any free port); SO_REUSEPORT only for worker processes, so a busy port is an error."""
+    """PipelineService and the Open Inference Protocol's GRPCInferenceService on `port` (0 = any free port).
+
+    SO_REUSEPORT only for worker processes, so a busy port is an error.
+    """
     security = security or SecurityConfig()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
                          options=grpc_options(limits, reuse_port), interceptors=grpc_interceptors(security),
                          maximum_concurrent_rpcs=limits.max_inflight)  # beyond it: RESOURCE_EXHAUSTED at once
     pb_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(dataplane), server)
-    health = add_health(server, [pb.DESCRIPTOR.services_by_name["PipelineService"].full_name])
+    add_oip_servicer(server, oip)
+    health = add_health(server, [pb.DESCRIPTOR.services_by_name["PipelineService"].full_name, OIP_SERVICE])
     bound = add_grpc_port(server, f"0.0.0.0:{port}", security)
     if bound == 0:
         raise OSError(f"cannot listen on rpc_port {port}")

@@ -8,6 +8,7 @@ bounded thread pool; connections cost no thread.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import socket
@@ -29,6 +30,7 @@ from serving.context import TIMEOUT_HEADER, RequestContext, timeout_header_ms
 from serving.dataplane import DataPlane, PipelineResponse
 from serving.errors import AuthError, InputError, PayloadTooLargeError, ServiceNotFoundError, http_status_of
 from serving.protocols.http_common import DEEP_JSON, MAX_HEAD_BYTES, error_response
+from serving.protocols.oip import OipRest, OipService, RestReply, error_reply
 from serving.protocols.pipeline_codec import request_from_json, response_to_json
 from serving.protocols.sockets import bound_socket
 from serving.security import HTTP_HINT, SecurityConfig, token_check
@@ -38,6 +40,7 @@ DENIED = AuthError(HTTP_HINT)
 # uvicorn notices should_exit within 0.1 s and sleeps 0.1 s before its graceful wait: keep the whole stop in the drain.
 SHUTDOWN_SLACK_S = 0.25
 OPERATIONS = ("/health", "/ready", "/metadata", "/metrics")
+ANY_METHOD = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]  # on /v2 OipRest answers 405 itself (HEAD: GET's)
 
 
 class JSONResponse(Response):
@@ -150,15 +153,17 @@ class GuardedProtocol(HttpToolsProtocol):
 
 
 class PipelineApp:
-    """The routes: POST /{name}/{method} onto the data plane, and the operations endpoints."""
+    """The routes: POST /{name}/{method} onto the data plane, the Open Inference Protocol's /v2, operations."""
 
-    def __init__(self, dataplane: DataPlane, max_body_bytes: int, max_inflight: int,
+    def __init__(self, dataplane: DataPlane, oip: OipService, max_body_bytes: int, max_inflight: int,
                  security: SecurityConfig) -> None:
         self.dataplane = dataplane
+        self.rest = OipRest(oip)
         self.max_body_bytes = max_body_bytes
         self.auth = token_check(security)
         self.pool = ThreadPoolExecutor(max_inflight + 1, thread_name_prefix="http")  # one more, to refuse with 503
         routes = [Route(path, self.operations, methods=["GET"]) for path in OPERATIONS]
+        routes += [Route(path, self.oip, methods=ANY_METHOD) for path in ("/v2", "/v2/{rest:path}")]
         routes.append(Route("/{name}/{method}", self.predict, methods=["POST"]))
         self.app = Starlette(routes=routes, exception_handlers={HTTPException: self.http_error})
 
@@ -188,6 +193,24 @@ class PipelineApp:
         loop = asyncio.get_running_loop()
         answer = await loop.run_in_executor(self.pool, self.dataplane.infer, decoded, ctx)
         return self._answer(answer.response, http_status_of(answer.error))
+
+    async def oip(self, request: Request) -> Response:
+        """OIP's /v2 paths, answered by OipRest: inference on the pool, metadata and health here."""
+        try:
+            body = await self._body(request)
+        except PayloadTooLargeError as exc:
+            return self._reply(error_reply(exc), {"Connection": "close"})
+        except ClientDisconnect:
+            return Response(status_code=400)
+        call = functools.partial(self.rest.call, request.method, request.url.path, request.headers, body,
+                                 request.client.host if request.client else "", self._authorized(request))
+        if self.rest.runs_model(request.method, request.url.path):
+            return self._reply(await asyncio.get_running_loop().run_in_executor(self.pool, call))
+        return self._reply(call())
+
+    @staticmethod
+    def _reply(reply: RestReply, headers: dict[str, str] | None = None) -> Response:
+        return Response(reply.body, reply.status, {**reply.headers, **(headers or {})}, reply.content_type)
 
     async def _body(self, request: Request) -> bytes:
         """The body within max_body_bytes: a declared length is checked before reading, chunked ones as they come."""
@@ -269,11 +292,11 @@ class HttpFrontEnd:
         self.app.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def start_http_server(dataplane: DataPlane, port: int, limits: LimitsConfig, reuse_port: bool = False,
-                      security: SecurityConfig | None = None) -> tuple[HttpFrontEnd, int]:
+def start_http_server(dataplane: DataPlane, oip: OipService, port: int, limits: LimitsConfig,
+                      reuse_port: bool = False, security: SecurityConfig | None = None) -> tuple[HttpFrontEnd, int]:
     """Serve in a background thread on `port` (0 = any free port); returns the front end and the bound port."""
     security = security or SecurityConfig()
     sock = bound_socket(port, reuse_port)
-    app = PipelineApp(dataplane, limits.max_body_bytes, limits.max_inflight, security)
+    app = PipelineApp(dataplane, oip, limits.max_body_bytes, limits.max_inflight, security)
     front_end = HttpFrontEnd(app, sock, limits, security).start()
     return front_end, sock.getsockname()[1]
