@@ -10,6 +10,7 @@ import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import requests
@@ -20,6 +21,8 @@ from tritonclient.utils import InferenceServerException
 from pipelines.web_service import ImageService
 from serving.model_card import load_card
 from serving.model_server import ModelServer, build_service, parse_args
+from serving.proto import grpc_predict_v2_pb2 as pb
+from serving.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from tests.conftest import photo_bytes
 
 MODEL = "SqueezeNet1_1"  # the model server's model, named by its card
@@ -93,15 +96,15 @@ def paddle_model_answer(model_server: ModelServer, batch: np.ndarray) -> np.ndar
 
 def test_health_and_server_metadata(server: ImageService | ModelServer) -> None:
     http = thttp.InferenceServerClient(http_url(server))
-    grpc = tgrpc.InferenceServerClient(grpc_url(server))
-    assert http.is_server_live() and http.is_server_ready() and grpc.is_server_live() and grpc.is_server_ready()
+    rpc = tgrpc.InferenceServerClient(grpc_url(server))
+    assert http.is_server_live() and http.is_server_ready() and rpc.is_server_live() and rpc.is_server_ready()
     for path in ("/v2/health/live", "/v2/health/ready"):
         reply = requests.get(f"http://{http_url(server)}{path}", timeout=10)
         assert (reply.status_code, reply.content) == (200, b"")
     metadata = http.get_server_metadata()
     assert metadata["name"] == "pipeline-serving-kit" and metadata["extensions"] == ["binary_tensor_data",
                                                                                      "classification"]
-    assert grpc.get_server_metadata(as_json=True) == metadata
+    assert rpc.get_server_metadata(as_json=True) == metadata
 
 
 def expected_metadata(server: ImageService | ModelServer) -> dict:
@@ -121,13 +124,13 @@ def test_model_metadata_and_readiness(server: ImageService | ModelServer) -> Non
     expected = expected_metadata(server)
     name = expected["name"]
     http = thttp.InferenceServerClient(http_url(server))
-    grpc = tgrpc.InferenceServerClient(grpc_url(server))
+    rpc = tgrpc.InferenceServerClient(grpc_url(server))
     assert http.get_model_metadata(name) == expected == http.get_model_metadata(name, "1")
-    from_grpc = grpc.get_model_metadata(name, as_json=True)  # int64 shapes come as strings in the proto's JSON
+    from_grpc = rpc.get_model_metadata(name, as_json=True)  # int64 shapes come as strings in the proto's JSON
     for tensor in from_grpc["inputs"] + from_grpc["outputs"]:
         tensor["shape"] = [int(dim) for dim in tensor["shape"]]
     assert from_grpc == expected
-    assert http.is_model_ready(name) and http.is_model_ready(name, "1") and grpc.is_model_ready(name)
+    assert http.is_model_ready(name) and http.is_model_ready(name, "1") and rpc.is_model_ready(name)
 
 
 def infer_pipeline(pipeline: ImageService, wire: str) -> tuple[dict[str, np.ndarray], str]:
@@ -357,3 +360,17 @@ def test_paths_methods_and_the_data_plane_s_metrics(server: ImageService | Model
     good_http(server)
     wrong_shape(server)
     assert (counted("0"), counted("5000")) == (before[0] + 1, before[1] + 1)  # one request path: the data plane's
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ([b"\0" * 12], r"input 'x': 12 bytes of binary data, but FP32 \[1, 3, 224, 224\] takes 602112"),
+    ([b"\0" * 602112] * 2, r"raw_input_contents has 2 entries for 1 inputs"),
+])
+def test_raw_contents_that_do_not_add_up_are_invalid_argument(model_server: ModelServer, raw: list[bytes],
+                                                              message: str) -> None:
+    request = pb.ModelInferRequest(model_name=MODEL, raw_input_contents=raw)
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 3, 224, 224])
+    with grpc.insecure_channel(grpc_url(model_server)) as channel, pytest.raises(grpc.RpcError) as raised:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and re.search(message, raised.value.details())
+    good_http(model_server)
