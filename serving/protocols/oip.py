@@ -245,7 +245,9 @@ def request_from_rest(body: bytes, header_length: str | None, model: str, versio
     """The JSON header (the body, or its first Inference-Header-Content-Length bytes) and binary tensors after it."""
     size = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not header_length.isdigit():
+            raise InputError(f"{HEADER_LENGTH} {header_length!r} is not a number of bytes")
+        if int(header_length) > len(body):
             raise InputError(f"{HEADER_LENGTH} {header_length!r} is beyond the body of {len(body)} bytes")
         size = int(header_length)
     try:
