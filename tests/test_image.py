@@ -14,9 +14,9 @@ Containers run on podman's default bridge network, each with its own address (as
 image's and the manifests' ports unchanged and the tests reach them at the container's address; their limits are no
 higher than this process's own: podman's default nofile/nproc (1048576) need CAP_SYS_RESOURCE, which root lacks on
 this project's VMs. Skipped, with the reason, where podman or mmdebstrap is missing or podman cannot run a container.
-Measured on the 2-core dev machine (shared, load 2-5): 35 s with the Debian base, the wheelhouse
-(~/.cache/serving-kit-image) and podman's layers cached, whether the kit changed or not; the first run 2 min 40 s
-(mmdebstrap 85 s, the first podman build 45 s).
+Measured on the 2-core dev machine (shared, load 3-5): 20 s with the Debian base, the wheelhouse
+(~/.cache/serving-kit-image) and podman's layers cached, 30-60 s when the kit changed; the first run 1 min 40 s to
+2 min 40 s (mmdebstrap 45-85 s, the first podman build 25-45 s).
 """
 
 import json
