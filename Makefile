@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test lint proto serve clean
+.PHONY: venv test lint proto serve image wheelhouse clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,21 @@ proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --grpc_python_out=. $(SERVICE_PROTOS)
 	$(PY) -c "import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.write_text(p.read_text().replace(\
 	'_descriptor_pool.Default().AddSerializedFile', '_descriptor_pool.DescriptorPool().AddSerializedFile'))" $(OWN_POOL)
+
+# The container image (Containerfile) via deploy/image/build.py: the wheel, its wheelhouse and, unless BASE_IMAGE names
+# one, a local Debian 12 base made with mmdebstrap (no registry needed); podman builds it offline. MODEL_DIR=DIR bakes
+# an exported model in. `make wheelhouse` only writes the build context (build/image) for another builder.
+IMAGE ?= localhost/pipeline-serving-kit:0.1.0
+BASE_IMAGE ?=
+IMAGE_PYTHON ?=
+MODEL_DIR ?=
+IMAGE_FLAGS = --tag $(IMAGE) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(IMAGE_PYTHON),--python $(IMAGE_PYTHON)) \
+	$(if $(MODEL_DIR),--model-dir $(MODEL_DIR))
+image: $(STAMP)
+	$(PY) deploy/image/build.py $(IMAGE_FLAGS)
+
+wheelhouse: $(STAMP)
+	$(PY) deploy/image/build.py $(IMAGE_FLAGS) --context-only
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
