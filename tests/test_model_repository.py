@@ -520,10 +520,22 @@ def test_a_pipeline_op_serves_the_latest_version_and_reloads_it(tmp_path: Path, 
             publish(squeezenet_root, model_dir, 4, lambda folder: (folder / "labels.txt").write_text("other\n"))
             wait_for(lambda: "version 4" in caplog.text, 60, "version 4 to be refused")
         assert "labels differ from those the op started with; restart the service" in caplog.text
-        publish(squeezenet_root, model_dir, 3)  # version 1's weights
-        wait_for(lambda: pipeline_answer(service)[0] == 3, 60, "version 3")
+        calls: list[Call] = []
+        stop = threading.Event()
+        client = threading.Thread(target=closed_loop, args=("http", lambda: ("", np.asarray(pipeline_answer(
+            service)[1])), stop, calls))
+        client.start()
+        try:
+            publish(squeezenet_root, model_dir, 3)  # version 1's weights
+            wait_for(lambda: pipeline_answer(service)[0] == 3, 60, "version 3")
+            time.sleep(0.5)  # and on the new version a while
+        finally:
+            stop.set()
+            client.join()
         third = pipeline_answer(service)[1]
         assert np.abs(np.subtract(third, second)).max() > 1e-3
+        assert calls and [call.error for call in calls if call.error] == []  # requests ran through the switch
+        assert {tuple(call.prediction) for call in calls} == {tuple(second), tuple(third)}
     finally:
         service.stop()
 
