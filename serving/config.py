@@ -15,6 +15,7 @@ from serving.endpoints import FORMS, EndpointError, parse_endpoint
 from serving.errors import ConfigError, require_config
 from serving.images import OPENCV_PIXELS_ENV, opencv_pixel_cap
 from serving.model_config import CLIENT_CONF, SERVER_CONF
+from serving.model_repository import SERVER_DIR, VersionPolicy, version_folders
 from serving.security import SecurityConfig
 
 CLIENT_TYPES = ("local_predictor", "brpc", "grpc")
@@ -48,6 +49,10 @@ class LocalServiceConf:
     engine: str = "auto"
     cpu_spin_wait: bool = False  # this kit's, ONNX Runtime only: idle math threads spin (lone-request latency)
     trt_fallback: str = "none"  # this kit's: "gpu" runs plain GPU (loudly) when TensorRT cannot engage
+    # this kit's, for a model_config that is a repository model folder (<version>/serving_server/...): the version
+    # served, and seconds between looks for a new one (0: none after start)
+    version_policy: str = "latest:1"
+    repository_poll_s: float = 0.0
 
     def validate(self, path: str) -> None:
         """Value ranges and the contradictions Paddle Serving only found at first request."""
@@ -75,6 +80,17 @@ class LocalServiceConf:
             require_config(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "must be >= 1")
         require_config(self.mkldnn_cache_capacity >= 0, f"{path}.mkldnn_cache_capacity", self.mkldnn_cache_capacity,
                        "must be >= 0")
+        policy = VersionPolicy.parse(self.version_policy, f"{path}.version_policy")
+        require_config((policy.kind, policy.count) == ("latest", 1) or len(policy.versions) == 1,
+                       f"{path}.version_policy", self.version_policy,
+                       "an op serves one version: latest:1 (the highest) or specific:V")
+        require_config(self.repository_poll_s >= 0, f"{path}.repository_poll_s", self.repository_poll_s,
+                       "seconds between looks for a new version, or 0 for none")
+
+    @property
+    def repository_model(self) -> bool:
+        """True when model_config (resolved) is a repository model folder rather than a serving_server folder."""
+        return not (Path(self.model_config) / SERVER_CONF).is_file()
 
     @property
     def gpu_ids(self) -> list[int]:
@@ -216,6 +232,10 @@ def _coerce(kind: object, value: object, path: str) -> object:
         return list(value)
     if kind is int:
         require_config(isinstance(value, int) and not isinstance(value, bool), path, value, "expected an integer")
+    elif kind is float:
+        require_config(isinstance(value, int | float) and not isinstance(value, bool), path, value,
+                       "expected a number")
+        return float(value)
     elif kind is bool:
         require_config(isinstance(value, bool), path, value, "expected true or false")
     elif kind is str:
@@ -259,12 +279,22 @@ def _resolve(path: str, base_dir: Path) -> Path:
 
 
 def _resolve_local(conf: LocalServiceConf, path: str, base_dir: Path) -> None:
-    """The model folder must hold the server config; relative folders are made absolute."""
+    """The model folder must hold the server config, or be a repository model folder whose version policy selects
+    a version; relative folders are made absolute."""
     folder = _resolve(conf.model_config, base_dir)
-    require_config((folder / SERVER_CONF).is_file(), f"{path}.model_config", conf.model_config,
-                   f"the folder must exist and hold {SERVER_CONF} (looked in {folder}); "
-                   "export one with python -m export")
+    versions = version_folders(folder)
+    require_config((folder / SERVER_CONF).is_file() or bool(versions), f"{path}.model_config", conf.model_config,
+                   f"the folder must exist and hold {SERVER_CONF}, or be a model repository's model folder "
+                   f"(<version>/{SERVER_DIR}/{SERVER_CONF}) (looked in {folder}); export one with python -m export")
     conf.model_config = str(folder)
+    if conf.repository_model:
+        selected = VersionPolicy.parse(conf.version_policy, f"{path}.version_policy").select(set(versions))
+        require_config(bool(selected), f"{path}.version_policy", conf.version_policy,
+                       f"it selects none of the versions in {folder} ({', '.join(map(str, sorted(versions)))})")
+    else:
+        for key in ("version_policy", "repository_poll_s"):
+            require_config(getattr(conf, key) == getattr(LocalServiceConf, key), f"{path}.{key}", getattr(conf, key),
+                           f"applies to a model repository's model folder; {folder} is an export's {SERVER_DIR}")
     if conf.trt_cache_dir:
         conf.trt_cache_dir = str(_resolve(conf.trt_cache_dir, base_dir))
 

@@ -187,7 +187,7 @@ class PipelineEndpoint:
     def __init__(self, service_name: str) -> None:
         self.service_name = service_name
         self._run: Any = None
-        self._metadata: dict = {}
+        self._metadata: Callable[[], dict] = dict
 
     @property
     def ready(self) -> bool:
@@ -195,10 +195,10 @@ class PipelineEndpoint:
         return self._run is not None
 
     def metadata(self) -> dict:
-        """The service's ops, feeds, fetches and model card facts."""
-        return self._metadata
+        """The service's ops, feeds, fetches and model card facts, as they are now (a model may have reloaded)."""
+        return self._metadata()
 
-    def attach(self, run: Any, metadata: dict) -> None:
+    def attach(self, run: Any, metadata: Callable[[], dict]) -> None:
         """Start answering with `run(request, ctx) -> result dict`: the DAG is built and warmed up."""
         self._metadata = metadata
         self._run = run

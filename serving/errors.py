@@ -86,6 +86,16 @@ class InitError(ServingError):
     code = ErrorCode.INIT_ERROR
 
 
+class LoadError(InitError):
+    """A model version that could not be loaded or warmed on a repository load; the versions serving keep serving."""
+
+
+class RepositoryOffError(ServingError):
+    """The model repository API was called where it is not enabled."""
+
+    code = ErrorCode.NOT_IMPLEMENTED
+
+
 class InputError(ServingError):
     """The request is malformed or its data unusable."""
 
@@ -175,6 +185,8 @@ WIRE_STATUS: dict[type[BaseException], WireStatus] = {
     PayloadTooLargeError: WireStatus(oip_http=413, oip_grpc=grpc.StatusCode.INVALID_ARGUMENT),
     InputError: WireStatus(oip_http=400, oip_grpc=grpc.StatusCode.INVALID_ARGUMENT),
     ServiceNotFoundError: WireStatus(oip_http=404, oip_grpc=grpc.StatusCode.NOT_FOUND),
+    LoadError: WireStatus(oip_http=400, oip_grpc=grpc.StatusCode.FAILED_PRECONDITION),
+    RepositoryOffError: WireStatus(oip_http=403, oip_grpc=grpc.StatusCode.UNIMPLEMENTED),
     InitError: WireStatus(oip_http=503, oip_grpc=grpc.StatusCode.UNAVAILABLE),
     DeadlineExceededError: WireStatus(oip_http=504, oip_grpc=grpc.StatusCode.DEADLINE_EXCEEDED),
 }

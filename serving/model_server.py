@@ -3,34 +3,42 @@
     python -m serving.model_server --model DIR/serving_server --port 9292 [--thread 4] [--gpu_ids 0]
         [--use_trt --precision fp16] [--mem_optim | --mem_optim_off] [--ir_optim] [--use_mkldnn] [--grpc_port 9393]
         [--tls_cert FILE --tls_key FILE] [--auth_token_env VAR]
+    python -m serving.model_server --model_repository REPO [--version_policy latest:1] [--default_model NAME]
+        [--repository_poll_s 5] [--repository_api] ...
 
 One port answers baidu_std (brpc) `GeneralModelService.inference`/`.debug` and HTTP
 `POST /GeneralModelService/inference`; gRPC for the same service is on `--grpc_port`, because
 Python's gRPC server cannot share a socket with another protocol. Both also speak the Open Inference
-Protocol (HTTP /v2/..., gRPC inference.GRPCInferenceService), the model named like its model card.
+Protocol (HTTP /v2/..., gRPC inference.GRPCInferenceService), the model named like its model card, or the
+models of a repository (`REPO/<model>/<version>/` each an export) by folder name and version.
 """
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
 import grpc
 
 from serving.config import LimitsConfig, LocalServiceConf
+from serving.context import RequestContext
 from serving.dataplane import DataPlane
-from serving.errors import ConfigError, ServingError
+from serving.errors import ConfigError, ServingError, require_config
 from serving.files import raise_open_file_limit
 from serving.logs import FORMATS, setup_logging
-from serving.model_card import load_card
+from serving.model_card import CARD_FILE, load_card
 from serving.model_config import SERVER_CONF, read_config
-from serving.model_service import SERVICE_NAME, ModelService
+from serving.model_repository import SERVER_DIR, ModelRepository, VersionPolicy, scan_repository
+from serving.model_service import SERVICE_NAME, ModelService, failure_response
+from serving.proto import general_model_service_pb2 as gm
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.protocols.brpc_server import BrpcServer, ServerLimits
 from serving.protocols.general_model import ModelServicer, http_routes, rpc_service
@@ -42,12 +50,30 @@ from serving.protocols.oip_models import ModelServiceModel
 from serving.security import SecurityConfig, add_grpc_port, grpc_interceptors
 
 log = logging.getLogger("serving.model_server")
+# The flags of --model_repository, with their defaults (which --model must leave as they are).
+REPOSITORY_FLAGS = {"version_policy": "latest:1", "default_model": "", "repository_poll_s": 0.0,
+                    "repository_api": False}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Paddle Serving's serve flags (the ones that apply to a local Paddle Inference model)."""
     parser = argparse.ArgumentParser(prog="python -m serving.model_server", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="the exported serving_server folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="the exported serving_server folder")
+    source.add_argument("--model_repository",
+                        help="a model repository: <model>/<version>/ folders, each an export (Triton's layout)")
+    parser.add_argument("--version_policy", default=REPOSITORY_FLAGS["version_policy"],
+                        help="with --model_repository, the versions served: latest:N, all, or specific:V[,V...]")
+    parser.add_argument("--default_model", default=REPOSITORY_FLAGS["default_model"],
+                        help="with --model_repository, the model GeneralModelService answers (its requests name "
+                             "none); default: the first model by name")
+    parser.add_argument("--repository_poll_s", type=float, default=REPOSITORY_FLAGS["repository_poll_s"],
+                        help="with --model_repository, look for new and removed versions and models every S seconds "
+                             "(0: only at start and on an API load)")
+    parser.add_argument("--repository_api", action="store_true",
+                        help="with --model_repository, serve POST /v2/repository/index and "
+                             "/v2/repository/models/{name}/load|unload (gRPC RepositoryModelLoad/Unload), behind "
+                             "the token when one is set")
     parser.add_argument("--port", type=int, default=9292, help="baidu_std + HTTP port (0 = any free port)")
     parser.add_argument("--grpc_port", type=int, help="also serve gRPC GeneralModelService on this port")
     parser.add_argument("--thread", type=int, default=4, help="concurrent predictions (predictor pool size)")
@@ -97,24 +123,94 @@ def security_from_args(args: argparse.Namespace) -> SecurityConfig:
     return security
 
 
-def build_service(args: argparse.Namespace) -> ModelService:
-    """Validate flags the way config.yml is validated, then create the predictor pool."""
+def build_service(args: argparse.Namespace) -> ModelRepository[ModelServiceModel]:
+    """Validate flags the way config.yml is validated, then load and warm the model, or the repository's models (and
+    poll the repository when asked); the caller stops it."""
+    limits = limits_from_args(args)
+    conf = LocalServiceConf(model_config=args.model or args.model_repository,
+                            device_type=2 if args.use_trt else (1 if args.gpu_ids else 0), devices=args.gpu_ids,
+                            thread_num=args.cpu_threads, mem_optim=args.mem_optim, ir_optim=args.ir_optim,
+                            precision=args.precision, use_mkldnn=args.use_mkldnn, engine=args.engine,
+                            cpu_spin_wait=args.cpu_spin_wait)
+    conf.validate("--flags")
+    if args.model_repository is None:
+        for flag, default in REPOSITORY_FLAGS.items():
+            require_config(getattr(args, flag) == default, f"--{flag}", getattr(args, flag),
+                           "applies to --model_repository only")
+        folder = Path(args.model).resolve()
+        if not (folder / SERVER_CONF).is_file():
+            raise ConfigError(f"--model {args.model}: no {SERVER_CONF} there; export one with python -m export")
+        name = load_card(folder).model if (folder.parent / CARD_FILE).is_file() else folder.parent.name
+        models = ModelRepository(lambda: {name: {1: folder}}, VersionPolicy(), _loader(args, conf, limits, False),
+                                 f"--model {args.model}")
+        models.load_all()
+        return models
+    root = Path(args.model_repository).resolve()
+    require_config(root.is_dir(), "--model_repository", args.model_repository, f"no such folder (looked in {root})")
+    require_config(args.repository_poll_s >= 0, "--repository_poll_s", args.repository_poll_s,
+                   "seconds between looks at the repository, or 0 for none")
+    models = ModelRepository(lambda: scan_repository(root), VersionPolicy.parse(args.version_policy,
+                                                                                 "--version_policy"),
+                             _loader(args, conf, limits, True), f"--model_repository {root}")
+    models.load_all()
+    require_config(not args.default_model or args.default_model in models.names, "--default_model",
+                   args.default_model, f"one of the repository's models: {', '.join(models.names)}")
+    if args.repository_poll_s > 0:
+        models.start_polling(args.repository_poll_s)
+    return models
+
+
+def _loader(args: argparse.Namespace, conf: LocalServiceConf, limits: LimitsConfig,
+            repository: bool) -> Callable[[str, int, Path], ModelServiceModel]:
+    """Loads one version: the predictor pool from its serving_server folder (a repository version's subfolder),
+    warmed up, and its model card when it has one."""
     from serving.predictor import LocalPredictor, settings_from_conf
 
-    limits = limits_from_args(args)
-    folder = Path(args.model).resolve()
-    if not (folder / SERVER_CONF).is_file():
-        raise ConfigError(f"--model {args.model}: no {SERVER_CONF} there; export one with python -m export")
-    conf = LocalServiceConf(model_config=str(folder), device_type=2 if args.use_trt else (1 if args.gpu_ids else 0),
-                            devices=args.gpu_ids, thread_num=args.cpu_threads, mem_optim=args.mem_optim,
-                            ir_optim=args.ir_optim, precision=args.precision, use_mkldnn=args.use_mkldnn,
-                            engine=args.engine, cpu_spin_wait=args.cpu_spin_wait)
-    conf.validate("--flags")
-    model_config = read_config(folder / SERVER_CONF)
-    predictor = LocalPredictor(settings_from_conf(conf, model_config, path="--flags"), model_config,
-                               pool_size=args.thread)
-    card = load_card(folder) if (folder.parent / "model_card.yaml").is_file() else None
-    return ModelService(predictor, model_config, card, limits)
+    def load(name: str, version: int, folder: Path) -> ModelServiceModel:
+        server_dir = folder / SERVER_DIR if repository else folder
+        if not (server_dir / SERVER_CONF).is_file():
+            raise ConfigError(f"no {SERVER_CONF} in {server_dir}: a version folder holds an export "
+                              f"({SERVER_DIR}/, serving_client/, {CARD_FILE}); export one with python -m export")
+        model_config = read_config(server_dir / SERVER_CONF)
+        settings = settings_from_conf(dataclasses.replace(conf, model_config=str(server_dir)), model_config,
+                                      path="--flags")
+        predictor = LocalPredictor(settings, model_config, pool_size=args.thread)
+        predictor.warm_up()
+        card = load_card(server_dir) if (server_dir.parent / CARD_FILE).is_file() else None
+        return ModelServiceModel(ModelService(predictor, model_config, card, limits), name, str(version))
+
+    return load
+
+
+class DefaultModelEndpoint:
+    """GeneralModelService's requests name no model: they run on the default model's highest serving version, held
+    for the call so that a reload never frees it underneath."""
+
+    def __init__(self, models: ModelRepository[ModelServiceModel], name: str) -> None:
+        self.models = models
+        self.name = name
+
+    @property
+    def ready(self) -> bool:
+        """True once the models are loaded (before any port opens)."""
+        return self.models.ready
+
+    def metadata(self) -> dict:
+        """The default model's name, version, feeds and fetches."""
+        model = self.models.find(self.name)
+        return {"model": self.name, "version": model.version, **model.service.metadata()}
+
+    def check(self, request: gm.Request) -> None:
+        """Every route of this server is the model's: nothing to check before admission."""
+
+    def run(self, request: gm.Request, ctx: RequestContext) -> gm.Response:
+        """The default model's serving version answers."""
+        with self.models.hold(self.name) as model:
+            return model.service.run(request, ctx)
+
+    def failure(self, exc: BaseException, request: gm.Request, ctx: RequestContext) -> gm.Response:
+        """err_no and err_msg from the error table, with the caller's log_id."""
+        return failure_response(exc, request)
 
 
 def limits_from_args(args: argparse.Namespace) -> LimitsConfig:
@@ -130,9 +226,9 @@ def limits_from_args(args: argparse.Namespace) -> LimitsConfig:
 
 
 class ModelServer:
-    """The servers of one model: the asyncio brpc/HTTP port in its own thread, and optional gRPC."""
+    """The servers of the models: the asyncio brpc/HTTP port in its own thread, and optional gRPC."""
 
-    def __init__(self, service: ModelService, args: argparse.Namespace) -> None:
+    def __init__(self, models: ModelRepository[ModelServiceModel], args: argparse.Namespace) -> None:
         self.args = args
         self.security = security_from_args(args)
         self.limits = limits_from_args(args)  # the port's own flags: a service may be shared by several servers
@@ -140,9 +236,12 @@ class ModelServer:
                               idle_timeout_s=self.limits.keepalive_timeout_ms / 1000,
                               max_connections=self.limits.max_connections,
                               client_timeout_s=self.limits.client_timeout_ms / 1000)
-        self.dataplane = DataPlane(service, args.max_inflight, inflight_setting="--max_inflight")
-        name = service.card.model if service.card is not None else Path(args.model).resolve().parent.name
-        self.oip = OipService(self.dataplane, OipEndpoint(service, ModelServiceModel(service, name)))
+        self.models = models
+        self.default_model = args.default_model or models.names[0]
+        self.dataplane = DataPlane(DefaultModelEndpoint(models, self.default_model), args.max_inflight,
+                                   inflight_setting="--max_inflight")
+        self.oip = OipService(self.dataplane, OipEndpoint(models), models if args.repository_api else None,
+                              "start the model server with --model_repository and --repository_api")
         # one thread more than admitted, to refuse at once
         self.brpc = BrpcServer([rpc_service(self.dataplane)], http_routes(self.dataplane), args.max_inflight + 1,
                                limits, security=self.security, rest=OipRest(self.oip))
@@ -189,19 +288,22 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_format)
     raise_open_file_limit()
     try:
-        server = ModelServer(build_service(args), args).start()
+        models = build_service(args)
+        server = ModelServer(models, args).start()
     except (ServingError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    log.info("GeneralModelService and OIP model %r ready: baidu_std + HTTP on port %d%s; %s",
-             server.oip.endpoint.model.name, server.port,
+    default = models.find(server.default_model)
+    log.info("GeneralModelService (model %r version %s) and OIP models %s ready: baidu_std + HTTP on port %d%s; %s",
+             server.default_model, default.version, ", ".join(repr(name) for name in models.names), server.port,
              f", gRPC on port {server.grpc_port}" if server.grpc else "",
-             ", ".join(f"{key} {value}" for key, value in server.dataplane.endpoint.predictor.engine_info.items()))
+             ", ".join(f"{key} {value}" for key, value in default.service.predictor.engine_info.items()))
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
     stopped.wait()
     server.stop()
+    models.stop()
     return 0
 
 

@@ -1,4 +1,4 @@
-"""GeneralModelService as a data-plane endpoint: feeds in (tensors, or image files as base64 STRING), outputs out."""
+"""GeneralModelService on one model version: feeds in (tensors, or image files as base64 STRING), outputs out."""
 
 import base64
 import binascii
@@ -19,10 +19,15 @@ SERVICE_NAME = gm.DESCRIPTOR.services_by_name["GeneralModelService"].full_name  
 ENGINE_NAME = "general_infer_0"
 
 
-class ModelService:
-    """One model behind the data plane; errors come back in err_no / err_msg, as Paddle Serving's clients expect."""
+def failure_response(exc: BaseException, request: gm.Request) -> gm.Response:
+    """err_no and err_msg from the error table, with the caller's log_id."""
+    err_no, err_msg = error_of(exc)
+    return gm.Response(err_no=err_no, err_msg=err_msg, log_id=request.log_id)
 
-    ready = True  # the model is loaded and warm before any port opens
+
+class ModelService:
+    """One model version's GeneralModelService calls; errors are raised, and the data plane's endpoint answers them in
+    err_no / err_msg, as Paddle Serving's clients expect."""
 
     def __init__(self, predictor: Any, model_config: GeneralModelConfig, card: ModelCard | None,
                  limits: LimitsConfig) -> None:
@@ -38,9 +43,6 @@ class ModelService:
         return {"feeds": [var.alias_name for var in self.model_config.feed_var],
                 "fetches": [var.alias_name for var in self.model_config.fetch_var]}
 
-    def check(self, request: gm.Request) -> None:
-        """Every route of this server is the model's: nothing to check before admission."""
-
     def run(self, request: gm.Request, ctx: RequestContext) -> gm.Response:
         """Decode the feeds, predict within the context's deadline, encode the fetches."""
         feed = {self._feed_key(tensor): self._feed_value(tensor) for tensor in request.tensor}
@@ -50,11 +52,6 @@ class ModelService:
         outputs = self.predictor.predict(feed, list(request.fetch_var_names) or None, ctx)
         tensors = [to_tensor(self.names.get(alias, alias), alias, value) for alias, value in outputs.items()]
         return gm.Response(outputs=[gm.ModelOutput(tensor=tensors, engine_name=ENGINE_NAME)], log_id=request.log_id)
-
-    def failure(self, exc: BaseException, request: gm.Request, ctx: RequestContext) -> gm.Response:
-        """err_no and err_msg from the error table, with the caller's log_id."""
-        err_no, err_msg = error_of(exc)
-        return gm.Response(err_no=err_no, err_msg=err_msg, log_id=request.log_id)
 
     def _feed_key(self, tensor: gm.Tensor) -> str:
         """The feed a tensor names (by alias or name); image files under the client config's alias feed the image."""

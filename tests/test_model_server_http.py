@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from serving.model_repository import ModelRepository
 from serving.model_server import ModelServer, build_service, limits_from_args, parse_args
-from serving.model_service import ModelService
 from serving.protocols.http_common import DEEP_JSON
 from tests.conftest import photo_bytes
 from tests.test_model_server import Connection, image_request
@@ -29,19 +29,19 @@ def flags(model_dir: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def service(squeezenet_root: Path) -> ModelService:
+def service(squeezenet_root: Path) -> ModelRepository:
     return build_service(parse_args(flags(squeezenet_root / "serving_server")))
 
 
 @pytest.fixture(scope="module")
-def server(squeezenet_root: Path, service: ModelService) -> Iterator[ModelServer]:
+def server(squeezenet_root: Path, service: ModelRepository) -> Iterator[ModelServer]:
     running = ModelServer(service, parse_args(flags(squeezenet_root / "serving_server"))).start()
     yield running
     running.stop()
 
 
 @pytest.fixture
-def capped(squeezenet_root: Path, service: ModelService) -> Iterator[ModelServer]:
+def capped(squeezenet_root: Path, service: ModelRepository) -> Iterator[ModelServer]:
     extra = ("--max_connections", "3", "--keepalive_timeout_ms", "30000")  # the held ones stay open
     running = ModelServer(service, parse_args(flags(squeezenet_root / "serving_server", *extra)))
     running.start()

@@ -279,5 +279,6 @@ def test_default_config_takes_relative_paths_from_the_working_directory(tmp_path
     assert web_service.main(["--http_port", "0", "--rpc_port", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: config op.imagenet.local_service_conf.model_config = 'models/SqueezeNet1_1/serving_server': the "
-        f"folder must exist and hold serving_server_conf.prototxt (looked in {tmp_path}/models/SqueezeNet1_1/"
+        "folder must exist and hold serving_server_conf.prototxt, or be a model repository's model folder "
+        f"(<version>/serving_server/serving_server_conf.prototxt) (looked in {tmp_path}/models/SqueezeNet1_1/"
         "serving_server); export one with python -m export")

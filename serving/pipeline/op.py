@@ -114,6 +114,8 @@ class Op:
                 raise
             except Exception as exc:
                 raise InitError(f"op {self.name}: cannot create the predictor: {exc}") from exc
+            # a repository model's predictor names the version folder it serves, whose model card init_op reads
+            self.model_config = getattr(self.predictor, "model_dir", self.model_config)
             if hasattr(self.predictor, "warm_up"):
                 self.predictor.warm_up()
             engine_ops = getattr(self.predictor, "engine_info", {}).get("tensorrt_engine_ops")
@@ -142,10 +144,11 @@ class Op:
         """Feeds and fetches of this op's model, and its model card's facts, when it has a model."""
         if not self.has_model:
             return {}
-        info: dict = {"model_config": self.model_config, "remote": self.remote,
+        model_config = getattr(self.predictor, "model_dir", self.model_config)  # a repository model's serving version
+        info: dict = {"model_config": model_config, "remote": self.remote,
                       "feeds": list(self.predictor.feed_names), "fetches": list(self.predictor.fetch_aliases),
                       **getattr(self.predictor, "engine_info", {})}
-        card = Path(self.model_config).parent / CARD_FILE
+        card = Path(model_config).parent / CARD_FILE
         if card.is_file():
             facts = yaml.safe_load(card.read_text(encoding="utf-8"))
             info.update({key: facts.get(key) for key in ("model", "num_classes", "input", "preprocessing", "params",

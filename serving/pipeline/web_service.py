@@ -21,7 +21,7 @@ from serving.pipeline.op import Op, RequestOp
 from serving.pipeline.workers import WorkerPool, WorkerSpec, reserve_port
 from serving.protocols.grpc_server import start_grpc_server
 from serving.protocols.http_server import start_http_server
-from serving.protocols.oip import OipEndpoint, OipService, Signature
+from serving.protocols.oip import OipEndpoint, OipService, OneModel, Signature
 from serving.protocols.oip_models import PipelineModel
 
 log = logging.getLogger("serving.pipeline")
@@ -37,6 +37,11 @@ def build_predictor(op: Op, config: ServiceConfig) -> Any:
                                op.config.client_config, timeout_ms / 1000, config.limits.max_body_bytes,
                                config.security)
     conf = op.config.local_service_conf
+    if conf.repository_model:
+        from serving.predictor.repository import RepositoryPredictor
+
+        return RepositoryPredictor(conf, op.dynamic_shape_info or None, op.config.concurrency,
+                                   f"op.{op.name}.local_service_conf")
     model_config = read_config(Path(conf.model_config) / SERVER_CONF)
     settings = settings_from_conf(conf, model_config, op.dynamic_shape_info or None,
                                   path=f"op.{op.name}.local_service_conf")
@@ -131,15 +136,17 @@ class WebService:
         endpoint = PipelineEndpoint(self.name)
         limits = self.config.limits
         dataplane = self._dataplane = DataPlane(endpoint, limits.max_inflight, limits.request_timeout_ms)
-        model = PipelineModel(self.name)
-        oip = OipService(dataplane, OipEndpoint(endpoint, model))
+        model = PipelineModel(self.name, endpoint)
+        oip = OipService(dataplane, OipEndpoint(OneModel(model, endpoint)),
+                         repository_off="the pipeline reloads repository models by polling "
+                                        "(op.<name>.local_service_conf.repository_poll_s)")
         if not reuse_port:
             self._start_front_ends(dataplane, oip, reuse_port)
         try:
             _warn_inert_settings(self.config, self.dag)
             self.dag.start(lambda op: build_predictor(op, self.config))
             model.attach(self.get_tensor_signature())
-            endpoint.attach(self.dag.run, {"service": self.name, "ops": self.dag.metadata()})
+            endpoint.attach(self.dag.run, lambda: {"service": self.name, "ops": self.dag.metadata()})
             dataplane.announce()
             if reuse_port:
                 self._start_front_ends(dataplane, oip, reuse_port)

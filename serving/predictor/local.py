@@ -105,6 +105,13 @@ class LocalPredictor:
         for _ in range(self._idle.qsize()):
             self.predict(feed)
 
+    def release(self) -> None:
+        """Drop the engine instances so their memory is freed; a model repository calls it once no request holds
+        this predictor's version."""
+        while not self._idle.empty():
+            self._idle.get_nowait()
+        self._engine = None
+
     @contextmanager
     def _lease(self) -> Iterator[Any]:
         """Check out an idle engine instance and always give it back, so errors never shrink the pool."""

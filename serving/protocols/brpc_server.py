@@ -255,7 +255,7 @@ class BrpcServer:
             call = functools.partial(self.rest.call, request.method, path, request.headers, request.body,
                                      _peer(writer), self._http_authorized(request))
             reply = (await asyncio.get_running_loop().run_in_executor(self.pool, call)
-                     if self.rest.runs_model(request.method, path) else call())
+                     if self.rest.blocks(request.method, path) else call())
             await write_response(writer, reply.status, reply.body, request.close, reply.content_type, reply.headers,
                                  head_only=request.method == "HEAD")
             return

@@ -204,7 +204,7 @@ class PipelineApp:
             return Response(status_code=400)
         call = functools.partial(self.rest.call, request.method, request.url.path, request.headers, body,
                                  request.client.host if request.client else "", self._authorized(request))
-        if self.rest.runs_model(request.method, request.url.path):
+        if self.rest.blocks(request.method, request.url.path):
             return self._reply(await asyncio.get_running_loop().run_in_executor(self.pool, call))
         return self._reply(call())
 

@@ -2,10 +2,12 @@
 
 `InferRequest` and `InferResponse` are what REST (JSON, with Triton's binary tensor extension) and gRPC
 (`inference.GRPCInferenceService`, raw contents) decode to and encode from. `OipEndpoint` runs them on the
-server's own data plane through its own endpoint, which a `Model` binding (serving/protocols/oip_models.py)
-converts to and from, so admission, deadlines, metrics and logs are those of the Paddle Serving protocols.
-`OipRest` (the /v2 paths of either HTTP server) and `OipServicer` (gRPC) are the thin front ends; every error
-takes its HTTP status and gRPC code from the one error table.
+server's own data plane through the endpoint of the model asked for, which a `Model` binding
+(serving/protocols/oip_models.py) converts to and from, so admission, deadlines, metrics and logs are those of the
+Paddle Serving protocols. The server's `Models` find a model by name and version and hold it for the request (a
+model repository reloads versions beside running requests). `OipRest` (the /v2 paths of either HTTP server) and
+`OipServicer` (gRPC) are the thin front ends, with Triton's model repository extension where a server has a
+repository and enables it; every error takes its HTTP status and gRPC code from the one error table.
 """
 
 import dataclasses
@@ -14,6 +16,7 @@ import math
 import re
 import struct
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Protocol
@@ -28,6 +31,7 @@ from serving.errors import (
     AuthError,
     InitError,
     InputError,
+    RepositoryOffError,
     ServiceNotFoundError,
     ServingError,
     TypeCheckError,
@@ -42,6 +46,7 @@ from serving.security import HTTP_HINT
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name  # from the .proto
 SERVER_NAME = "pipeline-serving-kit"
 EXTENSIONS = ("binary_tensor_data", "classification")
+REPOSITORY_EXTENSION = "model_repository"  # listed where the repository API is enabled
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # The protocol's datatypes; binary data is little-endian, BYTES elements each a 4-byte length and the bytes.
 DTYPES = {name: np.dtype(code) for name, code in (
@@ -125,12 +130,20 @@ class InferResponse:
     outputs: list[Tensor] = field(default_factory=list)
 
 
+class Runner(Protocol):
+    """What runs a model's native requests: the server's own endpoint, or one model version's service."""
+
+    def run(self, request: Any, ctx: RequestContext) -> Any:
+        """The native answer; raises a ServingError on failure."""
+
+
 class Model(Protocol):
-    """A server's endpoint as one model of the protocol: its name and signature, conversions to and from it."""
+    """A model version of the protocol: its name and signature, conversions to and from its native requests."""
 
     name: str
     version: str
     platform: str
+    endpoint: Runner
 
     @property
     def signature(self) -> Signature | None:
@@ -144,6 +157,66 @@ class Model(Protocol):
 
     def labels(self, output: str) -> list[str] | None:
         """Class names by index of `output`'s last axis (for the classification extension), if it has them."""
+
+
+class Models(Protocol):
+    """The models a server offers: found by name and version ("" is the highest), held for a request's duration."""
+
+    @property
+    def ready(self) -> bool:
+        """True once the models are loaded."""
+
+    def versions(self, name: str) -> list[str]:
+        """The model's versions served now; an unknown model is a ServiceNotFoundError."""
+
+    def find(self, name: str, version: str) -> Model:
+        """The model version, for metadata and readiness; an unknown one is a ServiceNotFoundError."""
+
+    def hold(self, name: str, version: str) -> AbstractContextManager[Model]:
+        """The model version, kept loaded until the block ends."""
+
+
+class Repository(Protocol):
+    """Triton's model repository extension: the index, and explicit loads and unloads."""
+
+    def index(self) -> list[dict]:
+        """Every model and version the repository knows: name, version, state, reason."""
+
+    def load(self, name: str) -> None:
+        """Load (or reload) the model's versions per its policy; raises when a version was refused."""
+
+    def unload(self, name: str) -> None:
+        """Stop serving every version of the model."""
+
+
+class OneModel:
+    """A server that is one model of one version (the pipeline service, on its endpoint); nothing to hold."""
+
+    def __init__(self, model: Model, endpoint: Endpoint) -> None:
+        self.model = model
+        self.endpoint = endpoint
+
+    @property
+    def ready(self) -> bool:
+        """Ready with the endpoint under it."""
+        return self.endpoint.ready
+
+    def versions(self, name: str) -> list[str]:
+        """Its one version."""
+        return [self.find(name, "").version]
+
+    def find(self, name: str, version: str) -> Model:
+        """The model; another name or version is unknown (404, NOT_FOUND)."""
+        if name != self.model.name:
+            raise ServiceNotFoundError(f"unknown model {name!r}; this server serves {self.model.name!r}")
+        if version not in ("", self.model.version):
+            raise ServiceNotFoundError(f"unknown version {version!r} of model {name!r}; it has version "
+                                       f"{self.model.version!r}")
+        return self.model
+
+    def hold(self, name: str, version: str) -> AbstractContextManager[Model]:
+        """The model itself: it is never unloaded while the server runs."""
+        return nullcontext(self.find(name, version))
 
 
 def _shaped(name: str, flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -386,37 +459,32 @@ def classify(tensor: Tensor, count: int, labels: list[str] | None) -> Tensor:
 
 
 class OipEndpoint:
-    """The data plane's endpoint for InferRequests: checks them against the model, runs the server's own endpoint."""
+    """The data plane's endpoint for InferRequests: checks them against the model asked for, runs its endpoint."""
 
-    def __init__(self, endpoint: Endpoint, model: Model) -> None:
-        self.endpoint = endpoint
-        self.model = model
+    def __init__(self, models: Models) -> None:
+        self.models = models
 
     @property
     def ready(self) -> bool:
-        """Ready with the endpoint under it."""
-        return self.endpoint.ready
+        """Ready once the models are loaded."""
+        return self.models.ready
 
     def metadata(self) -> dict:
-        """The endpoint's own metadata."""
-        return self.endpoint.metadata()
-
-    def resolve(self, name: str, version: str) -> Signature | None:
-        """The model's signature (None while it loads); another name or version is unknown (404, NOT_FOUND)."""
-        if name != self.model.name:
-            raise ServiceNotFoundError(f"unknown model {name!r}; this server serves {self.model.name!r}")
-        if version not in ("", self.model.version):
-            raise ServiceNotFoundError(f"unknown version {version!r} of model {name!r}; it has version "
-                                       f"{self.model.version!r}")
-        return self.model.signature
+        """None of its own: GET /metadata shows the server's endpoint, the protocol has each model's."""
+        return {}
 
     def check(self, request: InferRequest) -> None:
-        """Before admission: the model and version exist."""
-        self.resolve(request.model_name, request.model_version)
+        """Before admission: the model and version exist, and offer the protocol (a pipeline may declare no tensors)."""
+        _ = self.models.find(request.model_name, request.model_version).signature
 
     def run(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
-        """Inputs checked against the signature, the endpoint's own request run, the outputs asked for typed."""
-        signature = self.resolve(request.model_name, request.model_version)
+        """The model version held while its inputs are checked, its endpoint's own request runs, the outputs typed."""
+        with self.models.hold(request.model_name, request.model_version) as model:
+            return self._run(model, request, ctx)
+
+    @staticmethod
+    def _run(model: Model, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        signature = model.signature
         inputs = {spec.name: spec for spec in signature.inputs}
         outputs = {spec.name: spec for spec in signature.outputs}
         names = [tensor.name for tensor in request.inputs]
@@ -435,17 +503,17 @@ class OipEndpoint:
         unknown = [output.name for output in wanted if output.name not in outputs]
         if unknown:
             raise InputError(f"unknown output {unknown[0]!r}; the model's outputs are {', '.join(outputs)}")
-        native = self.model.to_native(request, [output.name for output in wanted], ctx)
-        arrays = self.model.from_native(self.endpoint.run(native, ctx))
+        native = model.to_native(request, [output.name for output in wanted], ctx)
+        arrays = model.from_native(model.endpoint.run(native, ctx))
         answered = []
         for output in wanted:
             tensor = Tensor(output.name, outputs[output.name].datatype, arrays[output.name])
             misfit = outputs[output.name].misfit(tensor.datatype, tensor.data.shape)
             if misfit:
                 raise TypeCheckError(f"output {output.name!r} {misfit}")
-            answered.append(classify(tensor, output.classification, self.model.labels(output.name))
+            answered.append(classify(tensor, output.classification, model.labels(output.name))
                             if output.classification else tensor)
-        return InferResponse(self.model.name, self.model.version, request.id, answered)
+        return InferResponse(model.name, model.version, request.id, answered)
 
     def failure(self, exc: BaseException, request: InferRequest, ctx: RequestContext) -> InferResponse:
         """No outputs: the front ends send the error itself, with the table's status."""
@@ -460,11 +528,15 @@ def _server_version() -> str:
 
 
 class OipService:
-    """What both wires ask of a server: liveness, readiness, metadata and inference, on its one data plane."""
+    """What both wires ask of a server: liveness, readiness, metadata and inference on its one data plane, and the
+    repository extension where `repository` is given (else its calls are refused with `repository_off`)."""
 
-    def __init__(self, dataplane: DataPlane, endpoint: OipEndpoint) -> None:
+    def __init__(self, dataplane: DataPlane, endpoint: OipEndpoint, repository: Repository | None = None,
+                 repository_off: str = "this server has no model repository") -> None:
         self.dataplane = dataplane
         self.endpoint = endpoint
+        self.repository = repository
+        self.repository_off = repository_off
         self.version = _server_version()
 
     @property
@@ -474,21 +546,22 @@ class OipService:
 
     def server_metadata(self) -> dict:
         """Name, version and the extensions served."""
-        return {"name": SERVER_NAME, "version": self.version, "extensions": list(EXTENSIONS)}
+        extensions = [*EXTENSIONS, *([REPOSITORY_EXTENSION] if self.repository is not None else [])]
+        return {"name": SERVER_NAME, "version": self.version, "extensions": extensions}
 
     def model_metadata(self, name: str, version: str) -> dict:
         """Name, versions, platform, inputs and outputs; a model still loading has none yet (503)."""
-        signature = self.endpoint.resolve(name, version)
+        model = self.endpoint.models.find(name, version)
+        signature = model.signature
         if signature is None:
             raise InitError(f"model {name!r} is still loading; retry when /v2/models/{name}/ready answers 200")
-        model = self.endpoint.model
-        return {"name": model.name, "versions": [model.version], "platform": model.platform,
+        return {"name": model.name, "versions": self.endpoint.models.versions(name), "platform": model.platform,
                 "inputs": [spec.as_json() for spec in signature.inputs],
                 "outputs": [spec.as_json() for spec in signature.outputs]}
 
     def model_ready(self, name: str, version: str) -> bool:
         """The model exists (else ServiceNotFoundError) and answers now."""
-        return self.endpoint.resolve(name, version) is not None and self.dataplane.ready
+        return self.endpoint.models.find(name, version).signature is not None and self.dataplane.ready
 
     def infer(self, request: InferRequest, ctx: RequestContext) -> Answer:
         """One request through the data plane, with the request's numeric id as its log id."""
@@ -496,10 +569,17 @@ class OipService:
             ctx = dataclasses.replace(ctx, log_id=int(request.id))
         return self.dataplane.infer(request, ctx, self.endpoint)
 
+    def enabled_repository(self) -> Repository:
+        """The repository, or RepositoryOffError saying how to enable it."""
+        if self.repository is None:
+            raise RepositoryOffError(f"the model repository API is off: {self.repository_off}")
+        return self.repository
+
 
 # ---- REST front end, for either HTTP server ---------------------------------------------------------------------
 
 MODEL_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer)?")
+REPOSITORY_PATH = re.compile(r"/v2/repository/(?:index|models/(?P<model>[^/]+)/(?P<action>load|unload))")
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")  # probes need no token
 
 
@@ -536,28 +616,33 @@ class OipRest:
         return path == "/v2" or path.startswith("/v2/")
 
     @staticmethod
-    def runs_model(method: str, path: str) -> bool:
-        """An inference call, which blocks: servers run it on a worker thread, the rest on their event loop."""
-        return method == "POST" and path.endswith("/infer")
+    def blocks(method: str, path: str) -> bool:
+        """Inference and the repository's calls (a load takes seconds): servers run them on a worker thread, the
+        rest on their event loop."""
+        return method == "POST" and (path.endswith("/infer") or path.startswith("/v2/repository/"))
 
     def call(self, method: str, path: str, headers: Mapping[str, str], body: bytes, client: str,
              authorized: bool) -> RestReply:
         """The answer to one request on a /v2 path; errors as {"error": ...} with the table's status."""
         path = path.rstrip("/")
         found = MODEL_PATH.fullmatch(path)
+        repository = REPOSITORY_PATH.fullmatch(path)
         model = unquote(found["model"]) if found else ""
         version = unquote(found["version"] or "") if found else ""
         action = found["action"] if found else path
-        allowed = ("POST",) if action == "/infer" else ("GET", "HEAD")
+        allowed = ("POST",) if action == "/infer" or repository else ("GET", "HEAD")
         try:
-            if found is None and path not in ("/v2", *OPEN_PATHS):
+            if found is None and repository is None and path not in ("/v2", *OPEN_PATHS):
                 raise ServiceNotFoundError(f"no {path}; the protocol's paths are /v2, /v2/health/live, "
-                                           "/v2/health/ready and /v2/models/{name}[/versions/{v}][/ready|/infer]")
+                                           "/v2/health/ready, /v2/models/{name}[/versions/{v}][/ready|/infer] and "
+                                           "/v2/repository/index, /v2/repository/models/{name}/load|unload")
             if method not in allowed:
                 return RestReply(405, _error_body(f"no {method} {path}: use {' or '.join(allowed)}"),
                                  headers={"Allow": ", ".join(allowed)})
             if not authorized and path not in OPEN_PATHS:
                 raise AuthError(HTTP_HINT)
+            if repository is not None:
+                return self._repository(repository["action"], unquote(repository["model"] or ""), body)
             if path in OPEN_PATHS:
                 return RestReply(200 if path.endswith("live") or self.service.ready else 400)
             if path == "/v2":
@@ -569,6 +654,25 @@ class OipRest:
             return self._infer(model, version, headers, body, client)
         except ServingError as exc:
             return error_reply(exc)
+
+    def _repository(self, action: str | None, model: str, body: bytes) -> RestReply:
+        """POST /v2/repository/index (optionally {"ready": true}: only versions serving), .../load, .../unload."""
+        repository = self.service.enabled_repository()
+        if action == "load":
+            repository.load(model)
+            return RestReply(200)
+        if action == "unload":
+            repository.unload(model)
+            return RestReply(200)
+        try:
+            options = json.loads(body) if body.strip() else {}
+        except ValueError as exc:
+            raise InputError(f"the index request is not JSON: {exc}") from None
+        if not isinstance(options, dict):
+            raise InputError('the index request must be a JSON object, e.g. {"ready": true}')
+        ready = _member(options, "ready", bool, False)
+        rows = [row for row in repository.index() if not ready or row["state"] == "READY"]
+        return RestReply(200, json.dumps(rows).encode())
 
     def _infer(self, model: str, version: str, headers: Mapping[str, str], body: bytes, client: str) -> RestReply:
         encoding = headers.get("content-encoding", "identity")
@@ -639,6 +743,25 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
         if answer.error is not None:
             _abort(context, answer.error)
         return response_to_grpc(answer.response)
+
+
+    def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,  # noqa: N802
+                            context: grpc.ServicerContext) -> pb.RepositoryModelLoadResponse:
+        """Load (or reload) a model's versions; off unless the server enables its repository API."""
+        try:
+            self.service.enabled_repository().load(request.model_name)
+        except ServingError as exc:
+            _abort(context, exc)
+        return pb.RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=True)
+
+    def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,  # noqa: N802
+                              context: grpc.ServicerContext) -> pb.RepositoryModelUnloadResponse:
+        """Unload every version of a model; off unless the server enables its repository API."""
+        try:
+            self.service.enabled_repository().unload(request.model_name)
+        except ServingError as exc:
+            _abort(context, exc)
+        return pb.RepositoryModelUnloadResponse(model_name=request.model_name, isUnloaded=True)
 
 
 def add_oip_servicer(server: grpc.Server, service: OipService) -> None:

@@ -11,14 +11,14 @@ import base64
 import numpy as np
 
 from serving.context import RequestContext
-from serving.dataplane import PREDICTION_METHOD, PipelineRequest, PipelineResponse
+from serving.dataplane import PREDICTION_METHOD, PipelineEndpoint, PipelineRequest, PipelineResponse
 from serving.errors import ServiceNotFoundError, TypeCheckError
 from serving.model_service import ModelService
 from serving.proto import general_model_service_pb2 as gm
 from serving.protocols.oip import DTYPES, InferRequest, Signature, TensorSpec
 from serving.tensors import ElemType, to_array, to_tensor
 
-VERSION = "1"  # one model per server, so one version
+VERSION = "1"  # the version of a model that is not in a model repository
 
 
 def _text(item: bytes | str) -> str:
@@ -38,9 +38,10 @@ class PipelineModel:
 
     platform = "paddle_serving_pipeline"
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, endpoint: PipelineEndpoint) -> None:
         self.name = name
         self.version = VERSION
+        self.endpoint = endpoint
         self._signature: Signature | None = None
         self._attached = False
 
@@ -95,12 +96,14 @@ def _datatype(elem_type: int) -> str:
 
 
 class ModelServiceModel:
-    """The model server's model: its feeds and fetches by alias, their config types and shapes after a batch of -1."""
+    """A model server's model version: its feeds and fetches by alias, their config types and shapes after a batch
+    of -1; what a model repository loads."""
 
-    def __init__(self, service: ModelService, name: str) -> None:
+    def __init__(self, service: ModelService, name: str, version: str = VERSION) -> None:
         self.service = service
+        self.endpoint = service
         self.name = name
-        self.version = VERSION
+        self.version = version
         self.platform = service.predictor.engine_info["engine"]
         config = service.model_config
         self.signature = Signature(
@@ -122,3 +125,7 @@ class ModelServiceModel:
     def labels(self, output: str) -> list[str] | None:
         """The model card's class names (as the pipeline answers them), when the model has a card."""
         return self.service.card.display_labels if self.service.card is not None else None
+
+    def release(self) -> None:
+        """Free the predictor pool: the repository retired this version and no request holds it."""
+        self.service.predictor.release()
