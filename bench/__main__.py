@@ -4,6 +4,7 @@
     python -m bench ceiling [--model SqueezeNet1_1] [--engine auto] [--workers 2] [--seconds 5]
     python -m bench e2e [--protocols http grpc brpc] [--targets pipeline model_server]
                         [--concurrency 1 2 4 8 16] [--seconds 5] [--images 1]
+    python -m bench e2e --targets model_server --input tensor --protocols brpc http oip_json oip_binary oip_grpc
     python -m bench all [every option above]
     python -m bench batching [--models ...] [--protocol http] [--concurrency 8] [--seconds 5]
                              [--min-requests 200] [--batch-size 4] [--batching-timeout-ms 2]
@@ -26,7 +27,16 @@ from pathlib import Path
 
 from bench.batching import run_batching, write_batching
 from bench.ceiling import resolved_budget, run_ceilings, write_ceiling
-from bench.e2e import PROTOCOLS, TARGET_PROTOCOLS, overhead_report, run_e2e, write_e2e, write_overhead
+from bench.e2e import (
+    INPUTS,
+    OIP_PROTOCOLS,
+    PROTOCOLS,
+    TARGET_PROTOCOLS,
+    overhead_report,
+    run_e2e,
+    write_e2e,
+    write_overhead,
+)
 from bench.engines import run_engines, write_engines
 from bench.memory import run_memory, write_memory
 from bench.models import DEFAULT_MODELS_DIR, DEFAULT_RESULTS_DIR, MODEL_NAMES, WorkerError, ensure_model
@@ -90,9 +100,14 @@ def _option_groups() -> dict[str, argparse.ArgumentParser]:
 
 def _e2e_options(group: argparse.ArgumentParser) -> None:
     """Which servers, protocols and load levels the e2e table covers."""
-    group.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
+    group.add_argument("--protocols", nargs="+", choices=(*PROTOCOLS, *OIP_PROTOCOLS), default=list(PROTOCOLS),
+                       help=f"{', '.join(OIP_PROTOCOLS)}: the model server over the Open Inference Protocol "
+                            "(needs --input tensor)")
     group.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
     group.add_argument("--concurrency", nargs="+", type=positive, default=[1, 2, 4, 8, 16])
+    group.add_argument("--input", choices=INPUTS, default="jpeg",
+                       help="jpeg: the image file, preprocessed by the server; tensor: the model server's FP32 input, "
+                            "preprocessed once by the load generator (model_server only)")
 
 
 def _batching_options(group: argparse.ArgumentParser) -> None:
@@ -131,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser(name, parents=[groups[group] for group in parents],
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     return parser
+
+
+def _check_input(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """OIP rows send the model's tensor, which only the model server takes: say so before anything runs."""
+    oip = [protocol for protocol in args.protocols if protocol in OIP_PROTOCOLS]
+    if oip and args.input != "tensor":
+        parser.error(f"{', '.join(oip)} send the model's FP32 tensor: add --input tensor")
+    if args.input == "tensor" and args.targets != ["model_server"]:
+        parser.error("--input tensor needs --targets model_server (the pipeline takes image files)")
 
 
 def _stamp(report: dict, command: str) -> dict:
@@ -174,7 +198,7 @@ def cmd_e2e(args: argparse.Namespace, command: str) -> list[Path]:
     paths += write_e2e(e2e, args.out)
     overhead = overhead_report(e2e)
     if overhead is None:
-        print("note: no overhead table: it needs concurrency 1 and 1 image per request", file=sys.stderr)
+        print("note: no overhead table: it needs concurrency 1, 1 image per request and JPEG input", file=sys.stderr)
         return paths
     return paths + write_overhead(_stamp(overhead, command), args.out)
 
@@ -208,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GLOG_minloglevel", "2")
     warnings.filterwarnings("ignore", message="No ccache found")
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("e2e", "all"):
+        _check_input(parser, args)
     command = shlex.join(["python", "-m", "bench", *argv])
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:

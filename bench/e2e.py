@@ -16,12 +16,20 @@ from bench.scrape import scrape, server_means
 from bench.servers import Budget, running
 from bench.stats import rate, summarize
 
-# What each server answers: HTTP and gRPC go to the pipeline; brpc and HTTP to the model server.
-TARGET_PROTOCOLS = {"pipeline": ("http", "grpc"), "pipeline_procs": ("http", "grpc"), "model_server": ("brpc", "http")}
-PROTOCOLS = ("http", "grpc", "brpc")
+# The Open Inference Protocol's rows (model server, tensor input): REST with JSON data, REST with binary data, gRPC.
+OIP_PROTOCOLS = ("oip_json", "oip_binary", "oip_grpc")
+# What each server answers: HTTP and gRPC go to the pipeline; brpc, HTTP and OIP to the model server.
+TARGET_PROTOCOLS = {"pipeline": ("http", "grpc"), "pipeline_procs": ("http", "grpc"),
+                    "model_server": ("brpc", "http", *OIP_PROTOCOLS)}
+PROTOCOLS = ("http", "grpc", "brpc")  # the default rows; OIP_PROTOCOLS need --input tensor
+INPUTS = ("jpeg", "tensor")
+# The data plane's protocol label (serving_request_seconds) of each row's requests.
+METRIC_PROTOCOL = {"oip_json": "oip_http", "oip_binary": "oip_http", "oip_grpc": "oip_grpc"}
 WARMUP_S = 1.0
 # Issue 10's target for p50 at concurrency 1 minus (preprocess + predict), in ms, on every protocol.
 OVERHEAD_LIMITS_MS = {"http": 1.0, "grpc": 1.0, "brpc": 1.0}
+# Issue 14's target: OIP with binary tensors at least this share of brpc's throughput, tensor input, per concurrency.
+OIP_BINARY_MIN_RATIO = 0.9
 PLOTS_SKIPPED = "Plots skipped: matplotlib is not installed (it comes with the optional `bench` extra)."
 
 
@@ -61,7 +69,8 @@ def _measure_protocol(where: tuple[str, str, str, str], payloads: Payloads, args
         result = drive(target, protocol, endpoint, payloads, concurrency, args.seconds)
         rows.append(result_row((target, protocol, concurrency), result, args.images, ceiling_ips))
         if before is not None:
-            rows[-1]["server_ms"] = server_means(before, scrape(metrics_endpoint), protocol)
+            rows[-1]["server_ms"] = server_means(before, scrape(metrics_endpoint),
+                                                 METRIC_PROTOCOL.get(protocol, protocol))
         bar.set_postfix_str(f"{rows[-1]['requests_per_s']:.1f} req/s, {rows[-1]['errors']} errors")
         bar.update()
     return rows
@@ -74,7 +83,7 @@ def run_e2e(args: argparse.Namespace, server_dir: Path, budget: Budget,
     The ceilings (the budget's, then 1 worker's) are measured again right before each target's server starts:
     this VM's speed drifts over minutes, so each ratio compares with a baseline taken moments before it.
     """
-    payloads = build_payloads(SAMPLE_IMAGE.read_bytes(), args.images, server_dir)
+    payloads = build_payloads(SAMPLE_IMAGE.read_bytes(), args.images, server_dir, tensor=args.input == "tensor")
     steps = plan(args.targets, args.protocols)
     rows: list[dict] = []
     ceilings: dict[str, list[dict]] = {}
@@ -91,7 +100,7 @@ def run_e2e(args: argparse.Namespace, server_dir: Path, budget: Budget,
     return {
         "settings": {"model": args.model, "engine": budget.engine, "workers": budget.workers,
                      "threads": budget.threads, "seconds": args.seconds, "concurrency": args.concurrency,
-                     "images_per_request": args.images, "image": SAMPLE_IMAGE_NAME,
+                     "images_per_request": args.images, "image": SAMPLE_IMAGE_NAME, "input": args.input,
                      "load": "closed loop from one process; HTTP keep-alive and one gRPC channel per worker thread, "
                              "brpc via predict_async on one event loop",
                      "pipeline": f"op concurrency {budget.workers}, thread_num {budget.threads}, gRPC worker_num "
@@ -102,7 +111,20 @@ def run_e2e(args: argparse.Namespace, server_dir: Path, budget: Budget,
                                      "--ir_optim"},
         "ceilings": ceilings,
         "results": rows,
+        "oip_binary_vs_brpc": oip_binary_vs_brpc(rows),
     }
+
+
+def oip_binary_vs_brpc(rows: list[dict]) -> list[dict]:
+    """Per concurrency with both rows: OIP binary's throughput over brpc's, against issue 14's target."""
+    by_key = {(row["protocol"], row["concurrency"]): row for row in rows if row["target"] == "model_server"}
+    pairs = [(by_key[("brpc", level)], row) for (protocol, level), row in by_key.items()
+             if protocol == "oip_binary" and ("brpc", level) in by_key]
+    return [{"concurrency": oip["concurrency"], "brpc_requests_per_s": brpc["requests_per_s"],
+             "oip_binary_requests_per_s": oip["requests_per_s"],
+             "ratio": oip["requests_per_s"] / brpc["requests_per_s"] if brpc["requests_per_s"] > 0 else None,
+             "min_ratio": OIP_BINARY_MIN_RATIO}
+            for brpc, oip in pairs]
 
 
 def write_e2e(report: dict, out: Path) -> list[Path]:
@@ -128,9 +150,9 @@ def overhead_row(row: dict, single: dict) -> dict:
 
 def overhead_report(e2e: dict) -> dict | None:
     """The overhead table from one run's concurrency-1 rows, each against the 1-worker ceiling measured before its
-    target; None without such rows or with multi-image requests."""
+    target; None without such rows, with multi-image requests or tensor input (the server does no preprocess)."""
     rows = [row for row in e2e["results"] if row["concurrency"] == 1]
-    if not rows or e2e["settings"]["images_per_request"] != 1:
+    if not rows or e2e["settings"]["images_per_request"] != 1 or e2e["settings"].get("input") == "tensor":
         return None
     singles = {target: measured[-1] for target, measured in e2e["ceilings"].items()}
     return {"ceilings": singles, "results": [overhead_row(row, singles[row["target"]]) for row in rows]}

@@ -128,9 +128,28 @@ def e2e_markdown(report: dict) -> str:
              + " images/s)."
              + "".join(f" {target}: {settings[target]}." for target in ("pipeline", "pipeline_procs", "model_server")
                        if target in settings) + "\n\n")
+    if settings.get("input") == "tensor":
+        intro += ("Tensor input: the model server's rows send the image preprocessed once by the load generator "
+                  "(FP32 [images, 3, S, S]), so the server only predicts; the ceiling still includes decode and "
+                  "preprocess. oip_json: OIP REST with JSON data; oip_binary: OIP REST with the binary tensor "
+                  "extension (input and output); oip_grpc: ModelInfer with raw contents.\n\n")
     errors = [f"- {row['target']}/{row['protocol']} c={row['concurrency']}: first error: {row['first_error']}\n"
               for row in report["results"] if row["errors"]]
-    return intro + markdown_table(header, rows) + ("\n" + "".join(errors) if errors else "")
+    return (intro + markdown_table(header, rows) + ("\n" + "".join(errors) if errors else "")
+            + oip_ratio_markdown(report.get("oip_binary_vs_brpc", [])))
+
+
+def oip_ratio_markdown(pairs: list[dict]) -> str:
+    """OIP binary's throughput over brpc's at each concurrency, against the target ('' without both rows)."""
+    if not pairs:
+        return ""
+    header = ["concurrency", "brpc req/s", "oip_binary req/s", "oip_binary ÷ brpc", "target", "met"]
+    rows = [[str(pair["concurrency"]), fmt(pair["brpc_requests_per_s"]), fmt(pair["oip_binary_requests_per_s"]),
+             fmt(pair["ratio"], 2), f"≥ {fmt(pair['min_ratio'], 2)}",
+             "met" if pair["ratio"] is not None and pair["ratio"] >= pair["min_ratio"] else "**missed**"]
+            for pair in pairs]
+    return ("\nOpen Inference Protocol with binary tensors against brpc, same model server, tensor and load:\n\n"
+            + markdown_table(header, rows))
 
 
 def overhead_markdown(report: dict) -> str:

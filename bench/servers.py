@@ -77,12 +77,15 @@ def pipeline_command(server_dir: Path, budget: Budget, workdir: Path, grpc_threa
 
 
 def model_server_command(server_dir: Path, budget: Budget) -> tuple[list, dict]:
-    """serving.model_server with the same budget: --thread concurrent predictions of --cpu_threads each."""
-    port = free_port()
+    """serving.model_server with the same budget: --thread concurrent predictions of --cpu_threads each.
+
+    Its one port answers brpc, HTTP and OIP REST; --grpc_port adds gRPC (OIP's ModelInfer among its services).
+    """
+    port, grpc_port = free_port(), free_port()
     command = [sys.executable, "-m", "serving.model_server", "--model", str(server_dir), "--port", str(port),
-               "--engine", budget.engine, "--thread", str(budget.workers), "--cpu_threads", str(budget.threads),
-               "--use_mkldnn", "--ir_optim"]
-    return command, {"brpc": port, "http": port}
+               "--grpc_port", str(grpc_port), "--engine", budget.engine, "--thread", str(budget.workers),
+               "--cpu_threads", str(budget.threads), "--use_mkldnn", "--ir_optim"]
+    return command, {"brpc": port, "http": port, "oip_json": port, "oip_binary": port, "oip_grpc": grpc_port}
 
 
 def _log_tail(path: Path, lines: int = 8) -> str:

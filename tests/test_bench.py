@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.__main__ import build_parser
+from bench.__main__ import build_parser, main
 from bench.batching import summarize_models
-from bench.e2e import overhead_report, plan, result_row
+from bench.e2e import oip_binary_vs_brpc, overhead_report, plan, result_row
 from bench.engines import CPU_ENGINES
 from bench.load import LoadResult, build_payloads, drive_threads
 from bench.memory import process_tree, rss_bytes, tree_rss_bytes
-from bench.models import WorkerError, run_worker
+from bench.models import SAMPLE_IMAGE, WorkerError, run_worker
 from bench.plots import write_plots
 from bench.report import (
     batching_markdown,
@@ -32,6 +32,8 @@ from bench.report import (
 from bench.scrape import mean_batch, server_means
 from bench.servers import ServerError, wait_for_ports
 from bench.stats import percentile, rate, summarize
+from serving.proto.grpc_predict_v2_pb2 import ModelInferRequest
+from serving.protocols.oip import request_from_grpc, request_from_rest
 
 ROOT = Path(__file__).parent.parent
 ENGINE_KEYS = [engine.key for engine in CPU_ENGINES]
@@ -190,7 +192,34 @@ def test_request_payloads_match_each_protocol(engines_run: Path) -> None:
     assert json.loads(payloads.model_json) == {"tensor": [{"name": "x", "alias_name": "x", "elem_type": 20,
                                                             "shape": [2], "data": ["anBlZw=="] * 2}],
                                                "fetch_var_names": ["prediction"]}
-    assert payloads.brpc_feed == {"x": ["anBlZw=="] * 2}
+    assert payloads.brpc_feed == {"x": ["anBlZw=="] * 2} and payloads.oip is None
+
+
+def test_tensor_payloads_carry_one_preprocessed_batch_in_every_protocol(engines_run: Path) -> None:
+    server_dir = engines_run / "models" / "SqueezeNet1_1" / "serving_server"
+    payloads = build_payloads(SAMPLE_IMAGE.read_bytes(), 2, server_dir, tensor=True)
+    batch = payloads.brpc_feed["x"]
+    assert batch.dtype == np.float32 and batch.shape == (2, 3, 224, 224)
+    (model,) = json.loads(payloads.model_json)["tensor"]
+    assert (model["elem_type"], model["shape"]) == (1, [2, 3, 224, 224])
+    assert np.array_equal(np.asarray(model["float_data"], dtype=np.float32), batch.ravel())
+    oip = payloads.oip
+    assert oip.path == "/v2/models/SqueezeNet1_1/infer"
+    request = request_from_rest(oip.binary, str(oip.header_length), "SqueezeNet1_1", "")
+    assert [(o.name, o.binary) for o in request.outputs] == [("prediction", True)]
+    assert np.array_equal(request.inputs[0].data, batch)
+    assert np.array_equal(request_from_rest(oip.json, None, "SqueezeNet1_1", "").inputs[0].data, batch)
+    decoded = request_from_grpc(ModelInferRequest.FromString(oip.grpc))
+    assert decoded.model_name == "SqueezeNet1_1" and np.array_equal(decoded.inputs[0].data, batch)
+
+
+def test_oip_rows_need_tensor_input_and_tensor_input_the_model_server(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["e2e", "--targets", "model_server", "--protocols", "oip_binary"])
+    assert "oip_binary send the model's FP32 tensor: add --input tensor" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["e2e", "--input", "tensor", "--protocols", "brpc"])
+    assert "--input tensor needs --targets model_server" in capsys.readouterr().err
 
 
 def ceiling_row(workers: int, preprocess_ms: float, predict_ms: float) -> dict:
@@ -331,6 +360,39 @@ def test_e2e_writes_both_ceilings_and_the_overhead_of_the_same_run(engines_run: 
     assert [line for line in text.splitlines() if line.startswith("## ")] == [
         "## In-process ceiling", "## End to end", "## Overhead at concurrency 1"]
     assert text.count("Command: ") == 1
+
+
+def test_e2e_runs_the_model_server_over_brpc_http_and_the_open_inference_protocol(engines_run: Path) -> None:
+    protocols = ["brpc", "http", "oip_json", "oip_binary", "oip_grpc"]
+    out = bench(engines_run, "e2e", "--targets", "model_server", "--input", "tensor", "--protocols", *protocols,
+                "--concurrency", "1", "2", "--seconds", "0.5")
+    report = json.loads((out / "e2e.json").read_text())
+    assert report["settings"]["input"] == "tensor"
+    rows = report["results"]
+    assert [(row["protocol"], row["concurrency"]) for row in rows] == [(p, c) for p in protocols for c in (1, 2)]
+    for row in rows:
+        assert row["errors"] == 0 and row["requests"] > 0, row
+    for row in rows[::2]:
+        assert row["server_ms"]["server"] > 0, row  # each row's requests counted under its data-plane label
+    brpc, binary = rows[0:2], rows[6:8]
+    assert [(pair["concurrency"], pair["ratio"]) for pair in report["oip_binary_vs_brpc"]] == [
+        (b["concurrency"], pytest.approx(o["requests_per_s"] / b["requests_per_s"]))
+        for b, o in zip(brpc, binary, strict=True)]
+    table = (out / "e2e.md").read_text()
+    assert "| concurrency | brpc req/s | oip_binary req/s | oip_binary ÷ brpc | target | met |" in table
+
+
+def test_oip_binary_ratio_pairs_rows_of_the_same_concurrency() -> None:
+    def row(protocol: str, concurrency: int, requests_per_s: float) -> dict:
+        return {"target": "model_server", "protocol": protocol, "concurrency": concurrency,
+                "requests_per_s": requests_per_s}
+
+    pairs = oip_binary_vs_brpc([row("brpc", 1, 100.0), row("brpc", 4, 0.0), row("oip_binary", 1, 85.0),
+                                row("oip_binary", 4, 50.0), row("oip_binary", 8, 50.0), row("oip_json", 1, 10.0)])
+    assert [(p["concurrency"], p["ratio"]) for p in pairs] == [(1, pytest.approx(0.85)), (4, None)]
+    lines = e2e_markdown({**e2e_report([]), "oip_binary_vs_brpc": pairs}).splitlines()
+    assert lines[-2:] == ["| 1 | 100.0 | 85.0 | 0.85 | ≥ 0.90 | **missed** |",
+                          "| 4 | 0.0 | 50.0 | – | ≥ 0.90 | **missed** |"]
 
 
 def test_batching_runs_the_pipeline_with_and_without_merging(engines_run: Path) -> None:

@@ -23,6 +23,8 @@ from serving.model_card import load_card
 from serving.model_server import ModelServer, build_service, parse_args
 from serving.proto import grpc_predict_v2_pb2 as pb
 from serving.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from serving.protocols.oip_models import _feed_tensor
+from serving.tensors import to_tensor
 from tests.conftest import photo_bytes
 
 MODEL = "SqueezeNet1_1"  # the model server's model, named by its card
@@ -374,3 +376,10 @@ def test_raw_contents_that_do_not_add_up_are_invalid_argument(model_server: Mode
         pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and re.search(message, raised.value.details())
     good_http(model_server)
+
+
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f8", "<i8", "<f2"])
+def test_model_server_feed_tensors_equal_to_tensors_whichever_way_they_are_built(dtype: str) -> None:
+    array = (np.arange(2 * 3 * 5, dtype=np.float64).reshape(2, 3, 5) * 1.5 - 7).astype(dtype)
+    for value in (array, array[:, :, ::2]):  # a strided view too
+        assert _feed_tensor("x", "image", value) == to_tensor("x", "image", value)

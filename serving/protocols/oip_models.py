@@ -16,9 +16,11 @@ from serving.errors import ServiceNotFoundError, TypeCheckError
 from serving.model_service import ModelService
 from serving.proto import general_model_service_pb2 as gm
 from serving.protocols.oip import DTYPES, InferRequest, Signature, TensorSpec
-from serving.tensors import ElemType, to_array, to_tensor
+from serving.tensors import ELEM_TYPE_OF, ElemType, to_array, to_tensor
 
 VERSION = "1"  # the version of a model that is not in a model repository
+# Tensor's fixed-width float fields by numpy dtype, which the packed wire format stores as raw little-endian bytes.
+PACKED_FLOATS = {np.dtype("<f4"): "float_data", np.dtype("<f8"): "float64_data"}
 
 
 def _text(item: bytes | str) -> str:
@@ -90,6 +92,31 @@ class PipelineModel:
         return None
 
 
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _feed_tensor(name: str, alias: str, array: np.ndarray) -> gm.Tensor:
+    """to_tensor's Tensor, but FP32/FP64 data parsed from its packed wire bytes by the C parser: to_tensor's
+    tolist + extend holds the GIL ~6 ms for a [1, 3, 224, 224] image, which binary and raw gRPC data arrive without."""
+    dtype = array.dtype.newbyteorder("<")
+    if dtype not in PACKED_FLOATS:
+        return to_tensor(name, alias, array)
+    field = PACKED_FLOATS[dtype]
+    tensor = gm.Tensor(name=name, alias_name=alias, elem_type=ELEM_TYPE_OF[dtype.newbyteorder("=")],
+                       shape=list(array.shape))
+    data = np.ascontiguousarray(array, dtype=dtype).tobytes()
+    key = gm.Tensor.DESCRIPTOR.fields_by_name[field].number << 3 | 2  # length-delimited: packed
+    tensor.MergeFromString(_varint(key) + _varint(len(data)) + data)
+    return tensor
+
+
 def _datatype(elem_type: int) -> str:
     """The protocol's name for a model config's feed_type or fetch_type."""
     return "BYTES" if elem_type == ElemType.STRING else ElemType(elem_type).name
@@ -113,8 +140,8 @@ class ModelServiceModel:
 
     def to_native(self, request: InferRequest, outputs: list[str], ctx: RequestContext) -> gm.Request:
         """A GeneralModelService Request: the inputs as Tensors (BYTES elements as STRING text), the outputs fetched."""
-        tensors = [to_tensor(self._names[tensor.name], tensor.name,
-                             [_text(item) for item in tensor.data.flat] if tensor.datatype == "BYTES" else tensor.data)
+        tensors = [to_tensor(self._names[tensor.name], tensor.name, [_text(item) for item in tensor.data.flat])
+                   if tensor.datatype == "BYTES" else _feed_tensor(self._names[tensor.name], tensor.name, tensor.data)
                    for tensor in request.inputs]
         return gm.Request(tensor=tensors, fetch_var_names=outputs, log_id=ctx.log_id)
 
