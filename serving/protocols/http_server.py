@@ -204,9 +204,12 @@ class PipelineApp:
             return self._reply(error_reply(exc), {"Connection": "close"})
         except ClientDisconnect:
             return Response(status_code=400)
-        call = functools.partial(self.rest.call, request.method, request.url.path, request.headers, body,
+        # As sent, for OipRest to decode once, as on the model server's port (request.url.path is decoded, and
+        # drops tabs and newlines, as urlsplit does)
+        path = request.scope["raw_path"].decode("latin-1")
+        call = functools.partial(self.rest.call, request.method, path, request.headers, body,
                                  request.client.host if request.client else "", self._authorized(request))
-        if self.rest.runs_model(request.method, request.url.path):
+        if self.rest.runs_model(request.method, path):
             return self._reply(await asyncio.get_running_loop().run_in_executor(self.pool, call))
         return self._reply(call())
 
@@ -243,8 +246,14 @@ class PipelineApp:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
-        """404 and 405 (with Allow) as JSON in the Response shape."""
+        """404 and 405 (with Allow) as JSON in the Response shape; under /v2, the protocol's own answer.
+
+        The router misses some /v2 requests (a method outside ANY_METHOD; a path with a newline, %0A, which its
+        patterns' `.` does not match): OipRest answers them, as it does on the model server's port.
+        """
         assert isinstance(exc, HTTPException)
+        if self.rest.owns(request.scope["path"].rstrip("/")):
+            return await self.oip(request)
         hint = (f"this server answers POST /{self.dataplane.endpoint.service_name}/prediction and GET "
                 f"{', '.join(OPERATIONS)}")
         error = ServiceNotFoundError(f"no {request.method} {request.url.path}: {exc.detail}; {hint}")
