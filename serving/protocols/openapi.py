@@ -1,9 +1,10 @@
 """OpenAPI 3.1 documents of both HTTP ports (GET /openapi.json): one table of operations, the server's own facts.
 
 `ROUTES` lists every operation either port answers: method, path, body, and each status it answers with, as the
-one error table (serving/errors.py) maps its errors. What a port answers on any path (a request that does not
-parse, a head over 64 KiB, a request that arrives too slowly, a connection beyond the limit; on the model
-server's port also a body over the limit) is added to every operation, and 401 when a token is configured. The
+one error table (serving/errors.py) maps its errors. What a port answers on any path (a head over 64 KiB, a
+request that arrives too slowly, a connection beyond the limit; on the model server's port also a body over the
+limit) is added to every operation, and 401 when a token is configured; a request that does not parse as HTTP/1.1
+(400) reaches no operation, so none lists it for that. The
 document is built per request from the running server: the pipeline's service name, the Open Inference
 Protocol's model (name, version, tensors; generic while it loads) and whether a token guards it.
 """
@@ -96,16 +97,15 @@ ROUTES: tuple[Operation, ...] = (
       for kind, path in OIP_MODEL_PATHS.items()),
 )
 
-# What each port answers on any path before a route sees the request (serving/protocols/http_server.py for the
-# pipeline, http_stream.py and brpc_server.py for the model server).
+# What each port answers on any path of a well-formed request before a route sees it
+# (serving/protocols/http_server.py for the pipeline, http_stream.py and brpc_server.py for the model server).
 PORT_RESPONSES: dict[str, dict[int, str]] = {
-    PIPELINE: {400: "paddle_error", 408: "paddle_error", 431: "paddle_error", 503: "paddle_error"},
-    MODEL_SERVER: {400: "paddle_error", 408: "paddle_error", 413: "paddle_error", 431: "paddle_error",
-                   503: "paddle_error"},
+    PIPELINE: {408: "paddle_error", 431: "paddle_error", 503: "paddle_error"},
+    MODEL_SERVER: {408: "paddle_error", 413: "paddle_error", 431: "paddle_error", 503: "paddle_error"},
 }
 
 STATUS_TEXT = {
-    400: "Bad request: a body, header or tensor the server cannot use, or a request that is not HTTP/1.1",
+    400: "Bad request: a body, header or tensor the server cannot use",
     401: "Missing or wrong token: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
     404: "Unknown model or version",
     408: "The request did not arrive within the client timeout (client_timeout_ms)",
