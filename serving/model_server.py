@@ -40,6 +40,7 @@ from serving.model_repository import SERVER_DIR, ModelRepository, VersionPolicy,
 from serving.model_service import SERVICE_NAME, ModelService, failure_response
 from serving.proto import general_model_service_pb2 as gm
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
+from serving.protocols import openapi
 from serving.protocols.brpc_server import BrpcServer, ServerLimits
 from serving.protocols.general_model import ModelServicer, http_routes, rpc_service
 from serving.protocols.grpc_server import grpc_options
@@ -244,12 +245,16 @@ class ModelServer:
                               "start the model server with --model_repository and --repository_api")
         # one thread more than admitted, to refuse at once
         self.brpc = BrpcServer([rpc_service(self.dataplane)], http_routes(self.dataplane), args.max_inflight + 1,
-                               limits, security=self.security, rest=OipRest(self.oip))
+                               limits, security=self.security, rest=OipRest(self.oip), describe=self.describe)
         self.grpc: grpc.Server | None = None
         self.health: HealthServicer | None = None
         self.servicer = ModelServicer(self.dataplane)
         self.loop = asyncio.new_event_loop()
         self.port = self.grpc_port = 0
+
+    def describe(self) -> dict:
+        """The port's OpenAPI document, as it runs now."""
+        return openapi.document(openapi.MODEL_SERVER, self.oip, bool(self.security.auth_token_env))
 
     def start(self) -> "ModelServer":
         """Bind and serve in the background; ports are known on return."""

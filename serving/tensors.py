@@ -1,6 +1,7 @@
 """numpy <-> GeneralModelService `Tensor`: shared by the brpc client and the model server."""
 
 import base64
+import math
 from enum import IntEnum
 
 import numpy as np
@@ -113,8 +114,8 @@ def _shaped(label: str, flat: np.ndarray, shape: list[int]) -> np.ndarray:
         return flat
     if any(dim < 0 for dim in shape):
         raise InputError(f"{label}: shape {shape} has a negative dimension")
-    if int(np.prod(shape)) != flat.size:
-        raise InputError(f"{label}: shape {shape} needs {int(np.prod(shape))} elements but the tensor has {flat.size}")
+    if math.prod(shape) != flat.size:  # exact: np.prod wraps at 2**63, and a wrapped 0 would pass an empty tensor
+        raise InputError(f"{label}: shape {shape} needs {math.prod(shape)} elements but the tensor has {flat.size}")
     return flat.reshape(shape)
 
 

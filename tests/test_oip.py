@@ -352,6 +352,14 @@ def test_paths_methods_and_the_data_plane_s_metrics(server: ImageService | Model
     assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, HEAD"
     assert requests.get(f"{base}/v2/models/{model_of(server)}/infer", timeout=10).status_code == 405
     assert requests.get(f"{base}/v2/models/resnet/ready", timeout=10).status_code == 404
+    # what starlette's router misses (a newline in the path, a method it does not list) is the protocol's too
+    newline = requests.get(f"{base}/v2/models/a%0Ab/ready", timeout=10)
+    assert newline.status_code == 404 and newline.json() == {
+        "error": f"unknown model 'a\\nb'; this server serves {model_of(server)!r}"}
+    encoded = requests.get(f"{base}/v2/models/%2541", timeout=10)  # decoded once: the model named '%41'
+    assert encoded.status_code == 404 and "unknown model '%41'" in encoded.json()["error"]
+    trace = requests.request("TRACE", f"{base}/v2/health/live", timeout=10)
+    assert trace.status_code == 405 and trace.headers["allow"] == "GET, HEAD" and "error" in trace.json()
 
     def counted(err_no: str) -> float:
         text = requests.get(f"{base}/metrics", timeout=10).text

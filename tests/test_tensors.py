@@ -98,6 +98,12 @@ def test_shape_mismatch_names_both_sizes() -> None:
         to_array(Tensor(name="x", elem_type=ElemType.FP16, shape=[1], tensor_content=b"\x00\x00\x00"))
 
 
+def test_a_shape_whose_size_overflows_int64_is_an_input_error() -> None:
+    """65536**4 is 2**64, which int64 arithmetic wraps to 0: an empty tensor must not pass for it (was err_no 10000)."""
+    with pytest.raises(InputError, match=r"needs 18446744073709551616 elements but the tensor has 0"):
+        to_array(Tensor(name="x", elem_type=ElemType.FP32, shape=[65536] * 4))
+
+
 def test_absent_shape_means_one_dimension() -> None:
     assert to_array(Tensor(elem_type=ElemType.INT64, int64_data=[4, 5, 6])).tolist() == [4, 5, 6]
 

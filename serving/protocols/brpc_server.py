@@ -12,7 +12,7 @@ from serving import metrics
 from serving.context import TIMEOUT_HEADER, RequestContext, timeout_header_ms
 from serving.errors import AuthError, BrpcCode, InputError, http_status_of, wire_status_of
 from serving.proto.brpc_meta_pb2 import RpcMeta
-from serving.protocols import baidu_std
+from serving.protocols import baidu_std, openapi
 from serving.protocols.baidu_std import Frame, FrameError
 from serving.protocols.http_common import error_response
 from serving.protocols.http_stream import CONTINUE, HttpError, HttpRequest, RequestReader, write_response
@@ -72,10 +72,12 @@ class BrpcServer:
 
     def __init__(self, services: list[RpcService], routes: dict[str, Route], workers: int,
                  limits: ServerLimits | None = None, security: SecurityConfig | None = None,
-                 rest: OipRest | None = None) -> None:
+                 rest: OipRest | None = None, describe: Callable[[], dict] | None = None) -> None:
         self.services = {name: service for service in services for name in (service.full_name, service.short_name)}
         self.routes = routes
         self.rest = rest  # the Open Inference Protocol's /v2 paths, when served
+        self.describe = describe  # the port's OpenAPI document, when served
+        self.pages = PROBES + ((openapi.PATH,) if describe is not None else ())  # what GET answers
         self.limits = limits or ServerLimits()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="brpc")
         self.server: asyncio.Server | None = None
@@ -239,10 +241,10 @@ class BrpcServer:
             return HttpError(400, f"HTTP/{request.version} is not served here; use HTTP/1.1")
         if self.rest is not None and self.rest.owns(path):
             return None  # OipRest answers every method and path under /v2 itself
-        allowed = ("POST",) if path in self.routes else ("GET", "HEAD") if path in PROBES else None
+        allowed = ("POST",) if path in self.routes else ("GET", "HEAD") if path in self.pages else None
         if allowed is None and request.method not in ("GET", "HEAD", "POST"):
             return HttpError(404, f"no {request.method} {path}; this port answers POST {sorted(self.routes)} "
-                                  f"and GET {', '.join(PROBES)}")
+                                  f"and GET {', '.join(self.pages)}")
         if allowed is not None and request.method not in allowed:
             return HttpError(405, f"no {request.method} {path}: use {' or '.join(allowed)}",
                              {"Allow": ", ".join(allowed)})
@@ -260,20 +262,26 @@ class BrpcServer:
                                  head_only=request.method == "HEAD")
             return
         if request.method in ("GET", "HEAD"):
-            status, body, kind = self._get(path.rstrip("/"))
-            await write_response(writer, status, body, request.close, kind, head_only=request.method == "HEAD")
+            status, body, kind = self._get(path.rstrip("/"), self._http_authorized(request))
+            await write_response(writer, status, body, request.close, kind, _challenge(status),
+                                 head_only=request.method == "HEAD")
             return
         status, body = await self._route(request, _peer(writer))
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        await write_response(writer, status, body, request.close, headers=headers)
+        await write_response(writer, status, body, request.close, headers=_challenge(status))
 
-    def _get(self, path: str) -> tuple[int, bytes, str]:
-        """Probes and the scraper need no token: /health and /ready (the model is loaded before the port opens)."""
+    def _get(self, path: str, authorized: bool) -> tuple[int, bytes, str]:
+        """Probes and the scraper need no token: /health and /ready (the model is loaded before the port opens).
+
+        The OpenAPI document shows the model, so it takes the token when one is configured.
+        """
         if path == "/metrics":
             return 200, metrics.render(), metrics.CONTENT_TYPE
         if path in ("/health", "/ready"):
             return 200, b'{"status": "ok"}', "application/json"
-        return 404, HttpError(404, f"no GET {path}; try /health, /ready or /metrics").body(), "application/json"
+        if path == openapi.PATH and self.describe is not None:
+            return (200, json.dumps(self.describe()).encode(), "application/json") if authorized else (
+                http_status_of(DENIED), HTTP_DENIED, "application/json")
+        return 404, HttpError(404, f"no GET {path}; try {', '.join(self.pages)}").body(), "application/json"
 
     async def _route(self, request: HttpRequest, client: str) -> tuple[int, bytes]:
         """Token, route, then the handler in the pool (the data plane admits or refuses it)."""
@@ -292,6 +300,11 @@ class BrpcServer:
     def _http_authorized(self, request: HttpRequest) -> bool:
         """Every route is a POST call, so each needs the token when one is configured."""
         return self.auth is None or self.auth.accepts_headers(request.headers)
+
+
+def _challenge(status: int) -> dict[str, str] | None:
+    """A 401 names the scheme it wants (RFC 9110)."""
+    return {"WWW-Authenticate": "Bearer"} if status == 401 else None
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

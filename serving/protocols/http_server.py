@@ -29,6 +29,7 @@ from serving.config import LimitsConfig
 from serving.context import TIMEOUT_HEADER, RequestContext, timeout_header_ms
 from serving.dataplane import DataPlane, PipelineResponse
 from serving.errors import AuthError, InputError, PayloadTooLargeError, ServiceNotFoundError, http_status_of
+from serving.protocols import openapi
 from serving.protocols.http_common import DEEP_JSON, MAX_HEAD_BYTES, error_response
 from serving.protocols.oip import OipRest, OipService, RestReply, error_reply
 from serving.protocols.pipeline_codec import request_from_json, response_to_json
@@ -39,7 +40,8 @@ log = logging.getLogger("serving.http")
 DENIED = AuthError(HTTP_HINT)
 # uvicorn notices should_exit within 0.1 s and sleeps 0.1 s before its graceful wait: keep the whole stop in the drain.
 SHUTDOWN_SLACK_S = 0.25
-OPERATIONS = ("/health", "/ready", "/metadata", "/metrics")
+OPERATIONS = ("/health", "/ready", "/metadata", "/metrics", openapi.PATH)
+GUARDED = ("/metadata", openapi.PATH)  # they show the model: with a token configured, only to its holders
 ANY_METHOD = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]  # on /v2 OipRest answers 405 itself (HEAD: GET's)
 
 
@@ -202,9 +204,12 @@ class PipelineApp:
             return self._reply(error_reply(exc), {"Connection": "close"})
         except ClientDisconnect:
             return Response(status_code=400)
-        call = functools.partial(self.rest.call, request.method, request.url.path, request.headers, body,
+        # As sent, for OipRest to decode once, as on the model server's port (request.url.path is decoded, and
+        # drops tabs and newlines, as urlsplit does)
+        path = request.scope["raw_path"].decode("latin-1")
+        call = functools.partial(self.rest.call, request.method, path, request.headers, body,
                                  request.client.host if request.client else "", self._authorized(request))
-        if self.rest.blocks(request.method, request.url.path):
+        if self.rest.blocks(request.method, path):
             return self._reply(await asyncio.get_running_loop().run_in_executor(self.pool, call))
         return self._reply(call())
 
@@ -227,19 +232,28 @@ class PipelineApp:
         return b"".join(chunks)
 
     async def operations(self, request: Request) -> Response:
-        """/health (live), /ready (503 until the models are warm), /metadata (token), /metrics."""
+        """/health (live), /ready (503 until the models are warm), /metadata (token), /metrics, /openapi.json."""
         path = request.url.path
-        if path == "/metadata" and not self._authorized(request):
+        if path in GUARDED and not self._authorized(request):
             return self._answer(PipelineResponse.from_error(DENIED), http_status_of(DENIED))
         if path == "/metrics":
             return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
+        if path == openapi.PATH:
+            return JSONResponse(openapi.document(openapi.PIPELINE, self.rest.service, self.auth is not None,
+                                                 self.dataplane.endpoint.service_name))
         ready = self.dataplane.ready or path == "/health"
         body = self.dataplane.metadata if path == "/metadata" else {"status": "ok" if ready else "loading"}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
-        """404 and 405 (with Allow) as JSON in the Response shape."""
+        """404 and 405 (with Allow) as JSON in the Response shape; under /v2, the protocol's own answer.
+
+        The router misses some /v2 requests (a method outside ANY_METHOD; a path with a newline, %0A, which its
+        patterns' `.` does not match): OipRest answers them, as it does on the model server's port.
+        """
         assert isinstance(exc, HTTPException)
+        if self.rest.owns(request.scope["path"].rstrip("/")):
+            return await self.oip(request)
         hint = (f"this server answers POST /{self.dataplane.endpoint.service_name}/prediction and GET "
                 f"{', '.join(OPERATIONS)}")
         error = ServiceNotFoundError(f"no {request.method} {request.url.path}: {exc.detail}; {hint}")

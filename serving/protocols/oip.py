@@ -166,6 +166,10 @@ class Models(Protocol):
     def ready(self) -> bool:
         """True once the models are loaded."""
 
+    @property
+    def names(self) -> list[str]:
+        """The models served now, by name."""
+
     def versions(self, name: str) -> list[str]:
         """The model's versions served now; an unknown model is a ServiceNotFoundError."""
 
@@ -200,6 +204,11 @@ class OneModel:
     def ready(self) -> bool:
         """Ready with the endpoint under it."""
         return self.endpoint.ready
+
+    @property
+    def names(self) -> list[str]:
+        """Its one model."""
+        return [self.model.name]
 
     def versions(self, name: str) -> list[str]:
         """Its one version."""
