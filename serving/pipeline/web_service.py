@@ -118,17 +118,11 @@ class WebService:
         A worker process sharing the ports (reuse_port) listens only once ready, so the kernel never hands
         a connection to a worker that is still loading.
         """
-        self.dag = Dag(self.get_pipeline_response(RequestOp()), self.config)
-        endpoint = PipelineEndpoint(self.name)
-        limits = self.config.limits
-        dataplane = self._dataplane = DataPlane(endpoint, limits.max_inflight, limits.request_timeout_ms)
+        dataplane = self._new_dataplane()
         if not reuse_port:
             self._start_front_ends(dataplane, reuse_port)
         try:
-            _warn_inert_settings(self.config, self.dag)
-            self.dag.start(lambda op: build_predictor(op, self.config))
-            endpoint.attach(self.dag.run, {"service": self.name, "ops": self.dag.metadata()})
-            dataplane.announce()
+            self._load(dataplane)
             if reuse_port:
                 self._start_front_ends(dataplane, reuse_port)
         except BaseException:
@@ -136,6 +130,31 @@ class WebService:
             raise
         log.info("service %r ready: http_port %s, rpc_port %s", self.name, self.http_port, self.rpc_port)
         return self
+
+    def start_dataplane(self) -> DataPlane:
+        """The loaded, warm data plane without servers, for hosts with front ends of their own (Ray Serve replicas)."""
+        dataplane = self._new_dataplane()
+        try:
+            self._load(dataplane)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("service %r ready (data plane only)", self.name)
+        return dataplane
+
+    def _new_dataplane(self) -> DataPlane:
+        """The DAG and the data plane in front of it; requests get err_no 3003 until `_load` is done."""
+        self.dag = Dag(self.get_pipeline_response(RequestOp()), self.config)
+        limits = self.config.limits
+        self._dataplane = DataPlane(PipelineEndpoint(self.name), limits.max_inflight, limits.request_timeout_ms)
+        return self._dataplane
+
+    def _load(self, dataplane: DataPlane) -> None:
+        """Load and warm the ops' models, then let the data plane answer."""
+        _warn_inert_settings(self.config, self.dag)
+        self.dag.start(lambda op: build_predictor(op, self.config))
+        dataplane.endpoint.attach(self.dag.run, {"service": self.name, "ops": self.dag.metadata()})
+        dataplane.announce()
 
     def _start_front_ends(self, dataplane: DataPlane, reuse_port: bool) -> None:
         """HTTP and gRPC on the configured ports; worker processes share them (SO_REUSEPORT)."""
