@@ -388,6 +388,30 @@ def test_cpu_split_is_per_request_on_each_side() -> None:
     assert "| pipeline | http | 160.0 | 10.00 | 0.50 | 1.68 |" in markdown([row], args).splitlines()
 
 
+def test_ray_scale_rows_split_cpu_per_request_and_profiles_by_package(tmp_path: Path) -> None:
+    from bench.ray_scale import RAY_GROUP, markdown, profile_shares, row
+
+    result = LoadResult(latencies_s=[0.01] * 400, wall_s=4.0)
+    before = {"replicas": 1.0, "proxies": 0.5, "load generator": 0.1}
+    after = {"replicas": 5.8, "proxies": 2.5, "load generator": 0.3}
+    item = {"op_threads": 1, **row(2, ["replicas", "replicas", "proxies", "ray (other)"], result, before, after, 7.6)}
+    assert (item["requests_per_s"], item["replica_processes"], item["proxy_processes"]) == (100.0, 2, 1)
+    assert item["cpu_ms_per_request"] == pytest.approx({"replicas": 12.0, "proxies": 5.0, "load generator": 0.5})
+    assert item["busy_cores"]["replicas"] == pytest.approx(1.2) and item["machine_busy_cores"] == pytest.approx(1.9)
+    stacks = tmp_path / "replicas.txt"
+    stacks.write_text("main (x.py:1);Session.run (onnxruntime/capi/session.py:406) 6\n"
+                      "main (x.py:1);decode_bgr (/repo/serving/images.py:103) 2\n"
+                      "main (x.py:1);_run_router_event_loop (ray/serve/_private/router.py:9) 2\n")
+    shares = profile_shares(stacks)
+    assert shares["samples"] == 10 and shares[RAY_GROUP] == pytest.approx(20.0)
+    assert list(shares.values())[1:3] == [pytest.approx(60.0), pytest.approx(20.0)]
+    item["profile"] = {"replicas": shares}
+    args = argparse.Namespace(model="SqueezeNet1_1", concurrency=8, protocol="http", seconds=4.0, profile_s=8)
+    text = markdown([item], args, "python -m bench.ray_scale")
+    assert "| 1 | 2 | 100.0 | 10.0 | 10.0 | 0 | 0.50 | 5.00 | 12.00 | 1.75 / 1.90 |" in text.splitlines()
+    assert "| one of 2 replicas | 10 | 60.0 | 20.0 | 20.0 |" in text.splitlines()
+
+
 def test_gpu_check_says_what_is_missing_and_its_pipeline_runs_on_cpu_engines(capsys: pytest.CaptureFixture) -> None:
     from bench import gpu_check
 
