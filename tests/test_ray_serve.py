@@ -29,7 +29,9 @@ from ray.cluster_utils import Cluster
 
 from bench.load import GrpcCaller, HttpCaller
 from clients import PipelineClient
+from deploy.rayserve.app import SERVICER, deployment_options, read, serve_options
 from export.onnx_export import convert
+from serving.errors import ConfigError
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
 from tests.conftest import free_port, photo_bytes
@@ -263,3 +265,28 @@ def test_sigterm_shuts_serve_down_and_exits_0(app: App) -> None:
     assert serve_details(app).get("applications") in (None, {})
     with pytest.raises(OSError):
         post(app.http_port, {"key": ["image"], "value": [b64(photo_bytes()[0])]})
+
+
+def test_config_errors_stop_the_cli_before_ray_starts(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "serving_server_conf.prototxt").write_text("")
+    config = {"http_port": 18080, "op": {NAME: {"local_service_conf": {"model_config": str(model)}}},
+              "ray_serve": {"num_replicas": 2, "autoscaling_config": {"max_replicas": 2}}}
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "deploy.rayserve", str(tmp_path / "config.yml")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+        "error: config ray_serve.num_replicas = 2: set num_replicas for a fixed count or autoscaling_config, not both"]
+    tls = Path(__file__).parent / "data" / "tls"
+    config["ray_serve"] = {"num_replicas": 2}
+    config["security"] = {"tls_cert_file": str(tls / "localhost.crt"), "tls_key_file": str(tls / "localhost.key")}
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"security\.tls_cert_file = .*Ray Serve's gRPC proxy speaks no TLS"):
+        read(tmp_path / "config.yml")
+    config.pop("security")
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(config))
+    options = deployment_options(read(tmp_path / "config.yml", {"grpc_port": 9100})[0])
+    assert options["num_replicas"] == 2 and options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert serve_options(read(tmp_path / "config.yml", {"grpc_port": 9100})[0])["grpc_options"] == {
+        "port": 9100, "grpc_servicer_functions": [SERVICER]}
