@@ -35,11 +35,13 @@ from bench.stats import rate, summarize
 NAME = "imagenet"
 KINDS = (("ray::ServeReplica", "replicas"), ("ray::ProxyActor", "proxies"), ("ray::ServeController", "controller"))
 WARMUP_S = 3.0
-# A sample's leaf frame -> who spent it: the model, the kit's own code (decode, preprocess, data plane, REST app),
-# or Ray (its event loops, actor calls, routing, metrics; native time shows under the Python frame that called it).
-PROFILE_GROUPS = (("model (ONNX Runtime)", ("onnxruntime",)),
-                  ("kit (serving, pipelines, starlette, json)", ("/serving/", "/pipelines/", "starlette", "json")))
+# Who spent a sample: the innermost frame outside the standard library's plumbing (threads, pools, event loops)
+# names the model, the kit's own code (decode, preprocess, data plane, REST app) or, for anything else, Ray (its
+# event loops, actor calls, routing, metrics; native time shows under the Python frame that called it).
+PROFILE_GROUPS = (("model (ONNX Runtime)", ("onnxruntime/",)),
+                  ("kit (serving, pipelines, starlette, json)", ("serving/", "pipelines/", "starlette/", "json/")))
 RAY_GROUP = "Ray Serve and its threads"
+PLUMBING = ("threading.py", "concurrent/", "asyncio/", "queue.py", "selectors.py", "contextlib.py")
 
 
 def ray_processes() -> dict[int, str]:
@@ -86,8 +88,11 @@ def profile_shares(path: Path) -> dict[str, float]:
     counts: dict[str, int] = defaultdict(int)
     for line in path.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
-        leaf = re.sub(r"^.*;", "", stack)
-        group = next((name for name, keys in PROFILE_GROUPS if any(key in leaf for key in keys)), RAY_GROUP)
+        files = [file for file in re.findall(r"\(([^()]*):\d+\)", stack)
+                 if not any(part in file for part in PLUMBING)]
+        owner = files[-1] if files else ""
+        group = next((name for name, keys in PROFILE_GROUPS
+                      if any(owner.startswith(key) or f"/{key}" in owner for key in keys)), RAY_GROUP)
         counts[group] += int(samples)
     total = sum(counts.values()) or 1
     return {"samples": total, **{group: counts[group] / total * 100

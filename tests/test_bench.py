@@ -399,17 +399,20 @@ def test_ray_scale_rows_split_cpu_per_request_and_profiles_by_package(tmp_path: 
     assert item["cpu_ms_per_request"] == pytest.approx({"replicas": 12.0, "proxies": 5.0, "load generator": 0.5})
     assert item["busy_cores"]["replicas"] == pytest.approx(1.2) and item["machine_busy_cores"] == pytest.approx(1.9)
     stacks = tmp_path / "replicas.txt"
-    stacks.write_text("main (x.py:1);Session.run (onnxruntime/capi/session.py:406) 6\n"
-                      "main (x.py:1);decode_bgr (/repo/serving/images.py:103) 2\n"
-                      "main (x.py:1);_run_router_event_loop (ray/serve/_private/router.py:9) 2\n")
+    pool = "Thread.run (threading.py:982);_worker (concurrent/futures/thread.py:83)"
+    stacks.write_text(f"{pool};Op.run (serving/pipeline/op.py:188);Session.run (onnxruntime/capi/session.py:406) 5\n"
+                      f"{pool};decode_bgr (serving/images.py:103) 1\n"
+                      f"{pool};Transforms.batch (/kit/serving/preprocess.py:42);Condition.wait (threading.py:331) 1\n"
+                      f"{pool};_run_router_event_loop (ray/serve/_private/router.py:9);run (asyncio/base.py:1) 2\n"
+                      "Thread.run (threading.py:982) 1\n")
     shares = profile_shares(stacks)
-    assert shares["samples"] == 10 and shares[RAY_GROUP] == pytest.approx(20.0)
-    assert list(shares.values())[1:3] == [pytest.approx(60.0), pytest.approx(20.0)]
+    assert shares["samples"] == 10 and shares[RAY_GROUP] == pytest.approx(30.0)
+    assert list(shares.values())[1:3] == [pytest.approx(50.0), pytest.approx(20.0)]
     item["profile"] = {"replicas": shares}
     args = argparse.Namespace(model="SqueezeNet1_1", concurrency=8, protocol="http", seconds=4.0, profile_s=8)
     text = markdown([item], args, "python -m bench.ray_scale")
     assert "| 1 | 2 | 100.0 | 10.0 | 10.0 | 0 | 0.50 | 5.00 | 12.00 | 1.75 / 1.90 |" in text.splitlines()
-    assert "| one of 2 replicas | 10 | 60.0 | 20.0 | 20.0 |" in text.splitlines()
+    assert "| one of 2 replicas | 10 | 50.0 | 20.0 | 30.0 |" in text.splitlines()
 
 
 def test_gpu_check_says_what_is_missing_and_its_pipeline_runs_on_cpu_engines(capsys: pytest.CaptureFixture) -> None:
