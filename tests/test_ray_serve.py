@@ -80,6 +80,10 @@ class Load:
         """Errors of the calls that ended after `since`."""
         return [error for _, end, error in list(self.calls) if error is not None and end >= since]
 
+    def failed_after_start(self, since: float) -> list[str]:
+        """Errors of the calls that started after `since`."""
+        return [error for start, _, error in list(self.calls) if error is not None and start >= since]
+
     def successes(self, since: float = 0.0) -> int:
         """Answered calls that started after `since`."""
         return sum(1 for start, _, error in list(self.calls) if error is None and start >= since)
@@ -239,7 +243,8 @@ def test_load_scales_to_both_nodes_survives_a_killed_replica_and_scales_back(app
             time.sleep(0.2)
         lost = load.failures(killed_at)
         answered_meanwhile = load.successes(killed_at) - load.successes(replaced_at)
-        assert len(lost) <= MAX_ONGOING, lost  # only requests the dead replica held
+        assert len(lost) <= MAX_ONGOING, lost  # only requests the dead replica held ...
+        assert load.failed_after_start(killed_at) == []  # ... when it died: Ray routes later ones to the live one
         assert answered_meanwhile > 0, "nothing was answered while the killed replica was being replaced"
         assert load.successes(replaced_at) >= 20
         assert load.failures(replaced_at + 1) == []

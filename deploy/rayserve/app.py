@@ -49,7 +49,7 @@ def read(config_path: str | Path, overrides: dict[str, object] | None = None) ->
     """Load and validate config.yml here, before Ray is touched; overrides: model_config, http_port, grpc_port."""
     path = Path(config_path).resolve()
     overrides = overrides or {}
-    data = apply_overrides(copy.deepcopy(read_config_data(path)), {"model_config": overrides.get("model_config")})
+    data = apply_overrides(read_config_data(path), {"model_config": overrides.get("model_config")})
     ports = {key: overrides[key] for key in ("http_port", "grpc_port") if overrides.get(key) is not None}
     if ports and isinstance(data.get("ray_serve") or {}, dict):
         data["ray_serve"] = {**(data.get("ray_serve") or {}), **ports}
