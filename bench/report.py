@@ -239,7 +239,8 @@ def memory_markdown(report: dict) -> str:
 
 
 SECTIONS = (("engines", "Engines"), ("ceiling", "In-process ceiling"), ("e2e", "End to end"),
-            ("overhead", "Overhead at concurrency 1"), ("batching", "Dynamic batching"), ("memory", "Memory"))
+            ("overhead", "Overhead at concurrency 1"), ("batching", "Dynamic batching"), ("memory", "Memory"),
+            ("ray_scale", "Ray Serve scaling"))
 
 
 def readme(out: Path) -> str:

@@ -22,6 +22,7 @@ CLIENT_TYPES = ("local_predictor", "brpc", "grpc")
 SUPPORTED_DEVICE_TYPES = {-1: "from devices", 0: "CPU", 1: "GPU", 2: "TensorRT"}
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 ENGINES = ("auto", "paddle", "onnxruntime")
+PROXY_LOCATIONS = ("EveryNode", "HeadOnly", "Disabled")
 
 
 @dataclass
@@ -185,6 +186,79 @@ class LimitsConfig:
 
 
 @dataclass
+class AutoscalingConfig:
+    """ray_serve.autoscaling_config: Ray Serve's replica autoscaler, with Ray's key names and defaults."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    initial_replicas: int | None = None
+    target_ongoing_requests: float = 2.0
+    metrics_interval_s: float = 10.0
+    look_back_period_s: float = 30.0
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
+
+    def validate(self, path: str) -> None:
+        """Ray's own ranges, checked at load so a bad value never reaches a running cluster."""
+        require_config(self.min_replicas >= 0, f"{path}.min_replicas", self.min_replicas, "must be >= 0")
+        require_config(self.max_replicas >= max(1, self.min_replicas), f"{path}.max_replicas", self.max_replicas,
+                       f"must be >= 1 and >= min_replicas ({self.min_replicas})")
+        require_config(self.initial_replicas is None or self.min_replicas <= self.initial_replicas <= self.max_replicas,
+                       f"{path}.initial_replicas", self.initial_replicas,
+                       f"must lie between min_replicas ({self.min_replicas}) and max_replicas ({self.max_replicas})")
+        for key in ("target_ongoing_requests", "metrics_interval_s", "look_back_period_s"):
+            require_config(getattr(self, key) > 0, f"{path}.{key}", getattr(self, key), "must be > 0")
+        for key in ("upscale_delay_s", "downscale_delay_s"):
+            require_config(getattr(self, key) >= 0, f"{path}.{key}", getattr(self, key), "must be >= 0")
+
+
+@dataclass
+class RayActorOptions:
+    """ray_serve.ray_actor_options: what each replica reserves on its node."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def validate(self, path: str) -> None:
+        """Reservations are non-negative."""
+        for key in ("num_cpus", "num_gpus"):
+            require_config(getattr(self, key) >= 0, f"{path}.{key}", getattr(self, key), "must be >= 0")
+
+
+@dataclass
+class RayServeConfig:
+    """ray_serve (this kit's): the pipeline as a Ray Serve application (python -m deploy.rayserve config.yml)."""
+
+    num_replicas: int | None = None  # a fixed count; leave it out with autoscaling_config (neither: 1)
+    autoscaling_config: AutoscalingConfig | None = None
+    max_ongoing_requests: int = 5
+    ray_actor_options: RayActorOptions = field(default_factory=RayActorOptions)
+    proxy_location: str = "EveryNode"
+    http_host: str = "0.0.0.0"
+    http_port: int = 8000
+    grpc_port: int = 9000
+
+    def validate(self, path: str) -> None:
+        """A fixed count or an autoscaler, not both; ports as the kit's own; Ray's proxy locations."""
+        require_config(self.num_replicas is None or self.autoscaling_config is None, f"{path}.num_replicas",
+                       self.num_replicas, "set num_replicas for a fixed count or autoscaling_config, not both")
+        require_config(self.num_replicas is None or self.num_replicas >= 1, f"{path}.num_replicas", self.num_replicas,
+                       "must be >= 1")
+        require_config(self.max_ongoing_requests >= 1, f"{path}.max_ongoing_requests", self.max_ongoing_requests,
+                       "must be >= 1")
+        target = self.autoscaling_config.target_ongoing_requests if self.autoscaling_config else 0
+        require_config(self.max_ongoing_requests >= target, f"{path}.max_ongoing_requests", self.max_ongoing_requests,
+                       f"must be >= autoscaling_config.target_ongoing_requests ({target}), or replicas never "
+                       "hold enough requests to scale up")
+        require_config(self.proxy_location in PROXY_LOCATIONS, f"{path}.proxy_location", self.proxy_location,
+                       f"one of {', '.join(PROXY_LOCATIONS)}")
+        for key in ("http_port", "grpc_port"):
+            require_config(1024 <= getattr(self, key) <= 65535, f"{path}.{key}", getattr(self, key), "use 1024-65535")
+        require_config(self.http_port != self.grpc_port, f"{path}.grpc_port", self.grpc_port,
+                       "http_port and grpc_port must differ")
+
+
+@dataclass
 class ServiceConfig:
     """The whole config.yml."""
 
@@ -196,6 +270,7 @@ class ServiceConfig:
     op: dict[str, OpConfig] = field(default_factory=dict)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    ray_serve: RayServeConfig = field(default_factory=RayServeConfig)
 
     def validate(self, path: str) -> None:
         """Ports: at least one, each 1024-65535 (0 = pick a free port, for tests)."""
@@ -330,13 +405,17 @@ def apply_overrides(data: dict, overrides: dict[str, object]) -> dict:
     return data
 
 
-def load_config(path: Path, overrides: dict[str, object] | None = None) -> ServiceConfig:
-    """Read config.yml, apply command-line overrides (already absolute paths), validate."""
-    path = Path(path)
+def read_config_data(path: Path) -> object:
+    """config.yml as YAML data, before any check: hosts that validate it again elsewhere (Ray replicas) ship this."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    return parse_config(apply_overrides(data, overrides or {}), path.parent)
+
+
+def load_config(path: Path, overrides: dict[str, object] | None = None) -> ServiceConfig:
+    """Read config.yml, apply command-line overrides (already absolute paths), validate."""
+    path = Path(path)
+    return parse_config(apply_overrides(read_config_data(path), overrides or {}), path.parent)

@@ -450,6 +450,37 @@ def test_cpu_split_is_per_request_on_each_side() -> None:
     assert "| pipeline | http | 160.0 | 10.00 | 0.50 | 1.68 |" in markdown([row], args).splitlines()
 
 
+def test_ray_scale_rows_split_cpu_per_request_keep_the_cleanest_round_and_profile_by_package(tmp_path: Path) -> None:
+    from bench.ray_scale import RAY_GROUP, cleanest, markdown, profile_shares, row
+
+    result = LoadResult(latencies_s=[0.01] * 400, wall_s=4.0)
+    before = {"replicas": 1.0, "proxies": 0.5, "load generator": 0.1}
+    after = {"replicas": 5.8, "proxies": 2.5, "load generator": 0.3}
+    item = {"round": 1, "op_threads": 1,
+            **row(2, ["replicas", "replicas", "proxies", "ray (other)"], result, before, after, 7.6)}
+    assert (item["requests_per_s"], item["replica_processes"], item["proxy_processes"]) == (100.0, 2, 1)
+    assert item["cpu_ms_per_request"] == pytest.approx({"replicas": 12.0, "proxies": 5.0, "load generator": 0.5})
+    assert item["busy_cores"]["replicas"] == pytest.approx(1.2) and item["others_cores"] == pytest.approx(0.15)
+    disturbed = {**item, "round": 0, "others_cores": 0.6}
+    assert cleanest([disturbed, item, {**item, "replicas": 1}]) == [item, {**item, "replicas": 1}]
+    stacks = tmp_path / "replicas.txt"
+    pool = "Thread.run (threading.py:982);_worker (concurrent/futures/thread.py:83)"
+    stacks.write_text(f"{pool};Op.run (serving/pipeline/op.py:188);Session.run (onnxruntime/capi/session.py:406) 5\n"
+                      f"{pool};decode_bgr (serving/images.py:103) 1\n"
+                      f"{pool};Transforms.batch (/kit/serving/preprocess.py:42);Condition.wait (threading.py:331) 1\n"
+                      f"{pool};_run_router_event_loop (ray/serve/_private/router.py:9);run (asyncio/base.py:1) 2\n"
+                      "Thread.run (threading.py:982) 1\n")
+    shares = profile_shares(stacks)
+    assert shares["samples"] == 10 and shares[RAY_GROUP] == pytest.approx(30.0)
+    assert list(shares.values())[1:3] == [pytest.approx(50.0), pytest.approx(20.0)]
+    args = argparse.Namespace(model="SqueezeNet1_1", concurrency=8, protocol="http", seconds=4.0, rounds=2,
+                              replicas=[1, 2], profile_s=8)
+    text = markdown([item], {"replicas": shares}, args, "python -m bench.ray_scale")
+    assert "| 1 | 2 | 100.0 | 10.0 | 10.0 | 0 | 0.50 | 5.00 | 12.00 | 1.75 / 0.15 |" in text.splitlines()
+    assert "| one of 2 replicas | 10 | 50.0 | 20.0 | 30.0 |" in text.splitlines()
+    assert "the one of 2 rounds in which other users' processes took the least CPU" in text
+
+
 def test_gpu_check_says_what_is_missing_and_its_pipeline_runs_on_cpu_engines(capsys: pytest.CaptureFixture) -> None:
     from bench import gpu_check
 

@@ -65,6 +65,8 @@ def test_the_repository_config_yml_parses(model_dir: Path) -> None:
     data["op"]["imagenet"]["local_service_conf"]["model_config"] = str(model_dir)
     config = parse_config(data, ROOT)
     assert (config.http_port, config.rpc_port) == (18080, 9993)
+    assert (config.ray_serve.http_port, config.ray_serve.grpc_port) == (18080, 9993)
+    assert config.ray_serve.autoscaling_config.max_replicas == 2
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -124,3 +126,46 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
     bad.write_text("http_port: [18080\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         load_config(bad)
+
+
+def test_ray_serve_defaults_and_a_full_section(model_dir: Path) -> None:
+    default = parse_config(op_with(model_dir), Path(".")).ray_serve
+    assert (default.num_replicas, default.autoscaling_config, default.max_ongoing_requests) == (None, None, 5)
+    assert (default.ray_actor_options.num_cpus, default.http_port, default.grpc_port) == (1.0, 8000, 9000)
+    section = {"max_ongoing_requests": 4, "ray_actor_options": {"num_cpus": 0.5}, "proxy_location": "HeadOnly",
+               "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2,
+                                      "upscale_delay_s": 1, "downscale_delay_s": 5.5}}
+    ray = parse_config({**op_with(model_dir), "ray_serve": section}, Path(".")).ray_serve
+    scaling = ray.autoscaling_config
+    assert (scaling.max_replicas, scaling.target_ongoing_requests, scaling.downscale_delay_s) == (3, 2.0, 5.5)
+    assert isinstance(scaling.upscale_delay_s, float) and scaling.look_back_period_s == 30.0
+    assert (ray.ray_actor_options.num_cpus, ray.proxy_location) == (0.5, "HeadOnly")
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"num_replicas": 2, "autoscaling_config": {"max_replicas": 2}},
+     "config ray_serve.num_replicas = 2: set num_replicas for a fixed count or autoscaling_config, not both"),
+    ({"num_replicas": 0}, "config ray_serve.num_replicas = 0: must be >= 1"),
+    ({"autoscaling_config": {"min_replicas": 3, "max_replicas": 2}},
+     "config ray_serve.autoscaling_config.max_replicas = 2: must be >= 1 and >= min_replicas (3)"),
+    ({"autoscaling_config": {"max_replicas": 2, "initial_replicas": 5}},
+     "config ray_serve.autoscaling_config.initial_replicas = 5: must lie between min_replicas (1) and max_replicas"),
+    ({"autoscaling_config": {"target_ongoing_requests": 0}},
+     "config ray_serve.autoscaling_config.target_ongoing_requests = 0.0: must be > 0"),
+    ({"autoscaling_config": {"downscale_delay_s": -1}},
+     "config ray_serve.autoscaling_config.downscale_delay_s = -1.0: must be >= 0"),
+    ({"autoscaling_config": {"upscale_delay_s": "soon"}},
+     "config ray_serve.autoscaling_config.upscale_delay_s = 'soon': expected a number"),
+    ({"autoscaling_config": {"target_ongoing_request": 2}},
+     "config ray_serve.autoscaling_config.target_ongoing_request = 2: unknown key; allowed keys here: min_replicas"),
+    ({"max_ongoing_requests": 1, "autoscaling_config": {"target_ongoing_requests": 2}},
+     "config ray_serve.max_ongoing_requests = 1: must be >= autoscaling_config.target_ongoing_requests (2.0)"),
+    ({"ray_actor_options": {"num_cpus": -1}}, "config ray_serve.ray_actor_options.num_cpus = -1.0: must be >= 0"),
+    ({"proxy_location": "Everywhere"}, "config ray_serve.proxy_location = 'Everywhere': one of EveryNode, HeadOnly"),
+    ({"http_port": 80}, "config ray_serve.http_port = 80: use 1024-65535"),
+    ({"grpc_port": 8000}, "config ray_serve.grpc_port = 8000: http_port and grpc_port must differ"),
+])
+def test_ray_serve_errors(model_dir: Path, section: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config({**op_with(model_dir), "ray_serve": section}, Path("."))
+    assert str(error.value).startswith(message)

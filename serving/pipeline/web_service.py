@@ -132,6 +132,34 @@ class WebService:
         A worker process sharing the ports (reuse_port) listens only once ready, so the kernel never hands
         a connection to a worker that is still loading.
         """
+        dataplane, oip, model = self._new_dataplane()
+        if not reuse_port:
+            self._start_front_ends(dataplane, oip, reuse_port)
+        try:
+            self._load(dataplane, model)
+            if reuse_port:
+                self._start_front_ends(dataplane, oip, reuse_port)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("service %r ready: http_port %s, rpc_port %s", self.name, self.http_port, self.rpc_port)
+        return self
+
+    def start_dataplane(self) -> tuple[DataPlane, OipService]:
+        """The loaded, warm data plane (and its Open Inference Protocol service) without servers, for hosts with
+        front ends of their own (Ray Serve replicas)."""
+        dataplane, oip, model = self._new_dataplane()
+        try:
+            self._load(dataplane, model)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("service %r ready (data plane only)", self.name)
+        return dataplane, oip
+
+    def _new_dataplane(self) -> tuple[DataPlane, OipService, PipelineModel]:
+        """The DAG, the data plane in front of it and its Open Inference Protocol service; requests get err_no
+        3003 until `_load` is done."""
         self.dag = Dag(self.get_pipeline_response(RequestOp()), self.config)
         endpoint = PipelineEndpoint(self.name)
         limits = self.config.limits
@@ -140,21 +168,15 @@ class WebService:
         oip = OipService(dataplane, OipEndpoint(OneModel(model, endpoint)),
                          repository_off="the pipeline reloads repository models by polling "
                                         "(op.<name>.local_service_conf.repository_poll_s)")
-        if not reuse_port:
-            self._start_front_ends(dataplane, oip, reuse_port)
-        try:
-            _warn_inert_settings(self.config, self.dag)
-            self.dag.start(lambda op: build_predictor(op, self.config))
-            model.attach(self.get_tensor_signature())
-            endpoint.attach(self.dag.run, lambda: {"service": self.name, "ops": self.dag.metadata()})
-            dataplane.announce()
-            if reuse_port:
-                self._start_front_ends(dataplane, oip, reuse_port)
-        except BaseException:
-            self.stop()
-            raise
-        log.info("service %r ready: http_port %s, rpc_port %s", self.name, self.http_port, self.rpc_port)
-        return self
+        return dataplane, oip, model
+
+    def _load(self, dataplane: DataPlane, model: PipelineModel) -> None:
+        """Load and warm the ops' models, then let the data plane answer."""
+        _warn_inert_settings(self.config, self.dag)
+        self.dag.start(lambda op: build_predictor(op, self.config))
+        model.attach(self.get_tensor_signature())
+        dataplane.endpoint.attach(self.dag.run, lambda: {"service": self.name, "ops": self.dag.metadata()})
+        dataplane.announce()
 
     def _start_front_ends(self, dataplane: DataPlane, oip: OipService, reuse_port: bool) -> None:
         """HTTP and gRPC on the configured ports, each with the Open Inference Protocol; workers share them."""

@@ -1,0 +1,1 @@
+"""Deployments of the pipeline onto other platforms; each is an optional extra, so `serving` imports none of them."""
