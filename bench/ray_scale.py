@@ -27,7 +27,7 @@ import yaml
 from bench.cpu_split import own_cpu_s, process_cpu_s
 from bench.load import LoadResult, build_payloads, drive
 from bench.memory import process_tree
-from bench.models import DEFAULT_MODELS_DIR, ROOT, SAMPLE_IMAGE, ensure_model
+from bench.models import DEFAULT_MODELS_DIR, DEFAULT_RESULTS_DIR, SAMPLE_IMAGE, ensure_model
 from bench.report import fmt, machine_info, markdown_table, write_outputs, write_readme
 from bench.servers import free_port
 from bench.stats import rate, summarize
@@ -111,7 +111,10 @@ def config_for(server_dir: Path, replicas: int, op_threads: int, concurrency: in
 
 def measure(args: argparse.Namespace) -> tuple[list[dict], dict | None]:
     """One cluster; per round and (op threads, replicas) a deployment, warm-up and measured window; then the profile."""
-    os.environ.update({"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    import deploy  # Ray's workers import deploy (not installed with the kit) from the folder holding it
+
+    source = str(Path(deploy.__file__).resolve().parents[1])
+    os.environ.update({"PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])),
                        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"})
     import ray
     from ray import serve
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", choices=("http", "grpc"), default="http")
     parser.add_argument("--profile-s", type=int, default=0, help="py-spy a replica and a proxy this long after the "
                                                                  "last row (0: no profile)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
     args = parser.parse_args(argv)
     command = "python -m bench.ray_scale " + shlex.join(argv if argv is not None else sys.argv[1:])
     load_before = os.getloadavg()
