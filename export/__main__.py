@@ -13,9 +13,10 @@ warnings.filterwarnings("ignore", message="No ccache found")
 
 from export.errors import ExportError  # noqa: E402
 from export.exporter import DEFAULT_LABELS, ExportRequest, ExportResult, export  # noqa: E402
+from export.int8 import DEFAULT_MIN_AGREEMENT  # noqa: E402
 from export.models import MODELS, UnknownModelError  # noqa: E402
 
-STEPS = 6  # one more with --onnx
+STEPS = 6  # one more with --onnx, another with --int8
 
 
 class StepPrinter:
@@ -59,10 +60,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier width (default: 1000)")
     parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS,
                         help="label file, one '<id> <name>' per class (default: ImageNet-1k)")
-    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing output folder; with --int8, keep a model below --min-agreement")
     parser.add_argument("--onnx", action="store_true",
                         help="also write serving_server/inference.onnx (paddle2onnx) for the ONNX Runtime engine")
-    return parser.parse_args(argv)
+    parser.add_argument("--int8", action="store_true",
+                        help="also write serving_server/inference.int8.onnx (ONNX Runtime static quantization; "
+                             "implies --onnx, needs --calib-images)")
+    parser.add_argument("--calib-images", type=Path, metavar="DIR",
+                        help="images to calibrate INT8 on; every 4th is held out to measure INT8 against FP32")
+    parser.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                        help=f"least top-1 agreement of INT8 with FP32 on the held-out images "
+                             f"(default: {DEFAULT_MIN_AGREEMENT})")
+    args = parser.parse_args(argv)
+    if args.int8 != (args.calib_images is not None):
+        parser.error("--int8 and --calib-images DIR go together")
+    args.onnx = args.onnx or args.int8
+    return args
 
 
 def report(result: ExportResult, out: Path) -> None:
@@ -76,6 +90,11 @@ def report(result: ExportResult, out: Path) -> None:
     print(f"  parity: max |prob diff| exported vs network = {result.parity_max_abs_diff:.2e} "
           "(checked on log-probabilities, relative to the logits' scale)")
     print(f"  fetch:  {card['output']['name']} as 'prediction'; weights: {card['weights']['source']}")
+    if "int8" in card:
+        held = card["int8"]["held_out"]
+        print(f"  int8:   {card['int8']['file']}: top-1 agreement {held['top1_agreement']:.3f}, top-5 overlap "
+              f"{held['top5_overlap']:.3f}, max |prob diff| {held['max_abs_diff']:.2e} on {held['count']} held-out "
+              f"images ({card['int8']['calibration']['count']} calibrated on)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     request = ExportRequest(model=args.model, out=args.out, weights=args.weights,
                             inference_model=args.inference_model, random_init=args.random_init,
                             num_classes=args.num_classes, labels=args.labels, force=args.force,
-                            onnx=args.onnx)
-    progress = StepPrinter(STEPS + int(args.onnx))
+                            onnx=args.onnx, calib_images=args.calib_images, min_agreement=args.min_agreement)
+    progress = StepPrinter(STEPS + int(args.onnx) + int(args.int8))
     try:
         result = export(request, progress)
     except (ExportError, UnknownModelError) as exc:

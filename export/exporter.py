@@ -10,7 +10,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from export import calibration, checkpoint, inference_io, onnx_export
+from export import calibration, checkpoint, inference_io, int8, onnx_export
 from export.card import LABELS_FILE, CardFacts, Provenance, build_card, write_card
 from export.errors import ExportError, LabelsError, OutputError, ParityError
 from export.models import ModelSpec, get_spec
@@ -42,6 +42,8 @@ class ExportRequest:
     labels: Path = DEFAULT_LABELS
     force: bool = False
     onnx: bool = False
+    calib_images: Path | None = None  # set: also quantize the ONNX twin to INT8, calibrated on these images
+    min_agreement: float = int8.DEFAULT_MIN_AGREEMENT
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,12 @@ def validate(request: ExportRequest) -> ModelSpec:
         checkpoint.checked_file(Path(request.weights))
     if request.inference_model is not None:
         inference_io.find_program(request.inference_model)
+    if request.calib_images is not None:
+        if not request.onnx:
+            raise ExportError("INT8 quantizes the ONNX twin: --int8 needs --onnx")
+        if not 0 <= request.min_agreement <= 1:
+            raise ExportError(f"--min-agreement must be between 0 and 1, got {request.min_agreement}")
+        int8.calibration_images(request.calib_images)
     return spec
 
 
@@ -210,6 +218,11 @@ def _export_into(staging: Path, request: ExportRequest, spec: ModelSpec, progres
     write_model_configs(staging, spec, request.num_classes, fetch_name)
     shutil.copyfile(request.labels, staging / LABELS_FILE)
     card = build_card(spec, CardFacts(request.num_classes, params, flops, fetch_name, diff, provenance, request.onnx))
+    if request.calib_images is not None:
+        write_card(card, staging)  # the quantizer preprocesses through the card's transforms
+        progress("quantizing to INT8 (ONNX Runtime) and measuring it on held-out images")
+        card["int8"] = int8.quantize(staging / "serving_server", request.calib_images, request.min_agreement,
+                                     request.force)
     write_card(card, staging)
     return ExportResult(params, flops, diff, card)
 
