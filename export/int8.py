@@ -10,8 +10,8 @@ import numpy as np
 from export.errors import ExportError
 from export.onnx_export import ONNX_FILE
 from serving.model_card import load_card
+from serving.predictor.settings import INT8_ONNX_FILE as INT8_FILE
 
-INT8_FILE = "inference.int8.onnx"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 HOLD_OUT_EVERY = 4  # every 4th image (by sorted name) is held out: never calibrated on, only measured
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear take an axis from opset 13

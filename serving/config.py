@@ -73,8 +73,10 @@ class LocalServiceConf:
         require_config(self.precision in PRECISIONS, f"{path}.precision", self.precision,
                        f"one of {', '.join(PRECISIONS)}")
         on_gpu = self.device_type in (1, 2) or (self.device_type == -1 and bool(self.gpu_ids))
-        require_config(on_gpu or self.precision in ("fp32", "bf16"), f"{path}.precision", self.precision,
-                       "on CPU use fp32 or bf16 (fp16/int8 need device_type 1 or 2)")
+        cpu_int8 = self.precision == "int8" and self.engine != "paddle"
+        require_config(on_gpu or cpu_int8 or self.precision in ("fp32", "bf16"), f"{path}.precision", self.precision,
+                       "on CPU use fp32 or bf16 (fp16/int8 need device_type 1 or 2; int8 also runs on CPU with "
+                       "engine onnxruntime, from an export with --int8)")
         require_config(not on_gpu or self.precision != "bf16", f"{path}.precision", self.precision,
                        "bf16 is a CPU (oneDNN) precision; on GPU use fp32, fp16 or int8")
         for key in ("thread_num", "min_subgraph_size", "max_batch_size", "trt_workspace_mb"):

@@ -20,6 +20,7 @@ class ModelCard:
     transforms: Transforms
     labels: list[str]
     weights: dict
+    int8: dict  # `python -m export --int8`: calibration set, held-out agreement with FP32, method; empty without
 
     @property
     def display_labels(self) -> list[str]:
@@ -58,4 +59,4 @@ def load_card(server_dir: str | Path) -> ModelCard:
                         "re-export the model with python -m export") from None
     labels = [label_name(line) for line in labels_text.splitlines() if line.strip()]
     return ModelCard(model=card.get("model", "?"), transforms=transforms, labels=labels,
-                     weights=card.get("weights") or {})
+                     weights=card.get("weights") or {}, int8=card.get("int8") or {})

@@ -39,9 +39,13 @@ class ModelService:
         self.names = {var.alias_name: var.name for var in model_config.fetch_var}
 
     def metadata(self) -> dict:
-        """Feeds and fetches by alias."""
-        return {"feeds": [var.alias_name for var in self.model_config.feed_var],
-                "fetches": [var.alias_name for var in self.model_config.fetch_var]}
+        """Feeds and fetches by alias, the precision served and, for INT8, its recorded agreement with FP32."""
+        info = {"feeds": [var.alias_name for var in self.model_config.feed_var],
+                "fetches": [var.alias_name for var in self.model_config.fetch_var],
+                "precision": getattr(self.predictor, "engine_info", {}).get("precision")}
+        if info["precision"] == "int8" and self.card is not None and self.card.int8:
+            info["int8_held_out"] = self.card.int8.get("held_out")
+        return info
 
     def run(self, request: gm.Request, ctx: RequestContext) -> gm.Response:
         """Decode the feeds, predict within the context's deadline, encode the fetches."""

@@ -153,6 +153,8 @@ class Op:
             facts = yaml.safe_load(card.read_text(encoding="utf-8"))
             info.update({key: facts.get(key) for key in ("model", "num_classes", "input", "preprocessing", "params",
                                                           "flops", "weights", "paddle_version")})
+            if info.get("precision") == "int8" and "int8" in facts:
+                info["int8_held_out"] = facts["int8"].get("held_out")
         return info
 
     @property

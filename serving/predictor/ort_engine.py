@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.errors import InitError
-from serving.predictor.settings import ONNX_FILE, PredictorSettings, summary
+from serving.predictor.settings import INT8_ONNX_FILE, ONNX_FILE, PredictorSettings, summary
 from serving.predictor.tensorrt import TensorRTUnavailableError
 from serving.proto.general_model_config_pb2 import FeedVar, FetchVar
 
@@ -22,11 +22,13 @@ GPU_HINT = "install onnxruntime-gpu in place of onnxruntime (pip install '.[gpu]
 
 
 class OrtEngine:
-    """`inference.onnx` (written by `python -m export --onnx`) on the settings' device."""
+    """`inference.onnx` (written by `python -m export --onnx`) on the settings' device; `inference.int8.onnx` (--int8)
+    for precision int8 on CPU."""
 
     def __init__(self, settings: PredictorSettings, feeds: list[FeedVar], fetches: list[FetchVar]) -> None:
         self._settings, self._feeds, self._fetches = settings, feeds, fetches
         self.providers: list[str] = []
+        self.model_file = ONNX_FILE
 
     def build_pool(self, pool_size: int) -> list[object]:
         """One session lent out `pool_size` times: concurrent runs share its intra-op thread pool."""
@@ -43,7 +45,9 @@ class OrtEngine:
         options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        path = Path(self._settings.model_dir) / ONNX_FILE
+        int8 = self._settings.device == "cpu" and self._settings.precision == "int8"
+        path = Path(self._settings.model_dir) / (INT8_ONNX_FILE if int8 else ONNX_FILE)
+        self.model_file = path.name
         try:
             session = onnxruntime.InferenceSession(os.fspath(path), options, providers=providers(self._settings))
         except Exception as exc:
@@ -59,7 +63,7 @@ class OrtEngine:
 
     def describe(self) -> dict:
         """For /metadata and the start-up log: the providers the session really runs on."""
-        return {"providers": list(self.providers)}
+        return {"providers": list(self.providers), "model_file": self.model_file}
 
     def run(self, session: object, arrays: dict[str, np.ndarray], fetch: list[str]) -> list[np.ndarray]:
         """One Run; ORT reads the numpy buffers in place."""

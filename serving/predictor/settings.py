@@ -13,6 +13,7 @@ from serving.proto.general_model_config_pb2 import GeneralModelConfig
 DEVICES = ("cpu", "gpu", "tensorrt")
 TRT_CACHE_FOLDER = "_trt_cache"
 ONNX_FILE = "inference.onnx"
+INT8_ONNX_FILE = "inference.int8.onnx"  # python -m export --int8: ONNX Runtime's static QDQ quantization
 DEFAULT_GPU_MEMORY_MB = 1000
 
 ShapeRange = tuple[list[int], list[int], list[int]]
@@ -102,6 +103,11 @@ def dynamic_shapes(model_config: GeneralModelConfig, max_batch_size: int, info: 
 def engine_of(conf: LocalServiceConf, device: str, path: str) -> str:
     """`auto` is ONNX Runtime on CPU when the export has an ONNX file (measured faster or equal), else Paddle."""
     has_onnx = (Path(conf.model_config) / ONNX_FILE).is_file()
+    if device == "cpu" and conf.precision == "int8":
+        if not (Path(conf.model_config) / INT8_ONNX_FILE).is_file():
+            raise ConfigError.invalid(f"{path}.precision", conf.precision, f"no {INT8_ONNX_FILE} in "
+                                      f"{conf.model_config}; export with --int8 --calib-images DIR")
+        return "onnxruntime"
     if conf.engine == "auto":
         return "onnxruntime" if device == "cpu" and has_onnx else "paddle"
     if conf.engine == "onnxruntime" and device == "tensorrt" and conf.precision == "int8":
@@ -125,8 +131,10 @@ def check_against_model(conf: LocalServiceConf, model_config: GeneralModelConfig
     if conf.use_calib and (conf.precision != "int8" or device_of(conf) != "tensorrt"):
         raise ConfigError.invalid(f"{path}.use_calib", conf.use_calib,
                                   "calibration needs precision int8 with device_type 2 (TensorRT)")
-    if conf.precision == "int8" and device_of(conf) != "tensorrt":
-        raise ConfigError.invalid(f"{path}.precision", conf.precision, "int8 runs on TensorRT only: set device_type 2")
+    cpu_int8 = device_of(conf) == "cpu" and conf.engine != "paddle"
+    if conf.precision == "int8" and device_of(conf) != "tensorrt" and not cpu_int8:
+        raise ConfigError.invalid(f"{path}.precision", conf.precision, "int8 runs on TensorRT only on GPU: set "
+                                  "device_type 2 (on CPU it runs with engine onnxruntime, from an export with --int8)")
     if conf.precision == "bf16" and not conf.use_mkldnn:
         raise ConfigError.invalid(f"{path}.precision", conf.precision, "bf16 runs on oneDNN: set use_mkldnn: true")
 

@@ -1,0 +1,141 @@
+"""INT8: the exporter's static quantization and its held-out figures, its refusals, and serving it on ONNX Runtime.
+
+The models are --random-init: their probabilities are near-uniform, so FP32/INT8 top-1 agreement says little about
+a trained model. The export below passes --min-agreement 0 so the figures are recorded whatever they are; the
+threshold refusal is provoked with a calibration set of black images, which clips the activations of a real photo.
+"""
+
+import base64
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image, ImageEnhance, ImageOps
+
+from export.int8 import INT8_FILE, agreement, file_list_sha256
+from export.onnx_export import run_onnx
+from serving.errors import LoadError
+from serving.model_card import load_card
+from serving.model_server import ModelServer, build_service, parse_args
+from tests.conftest import IMAGES
+
+
+def variants(image: Image.Image) -> list[Image.Image]:
+    """Crops, flips and colour shifts: seven different inputs from one photo."""
+    width, height = image.size
+    return [image, ImageOps.mirror(image), ImageOps.flip(image), image.crop((0, 0, width * 3 // 4, height * 3 // 4)),
+            image.crop((width // 4, height // 4, width, height)), ImageEnhance.Color(image).enhance(0.3),
+            ImageEnhance.Brightness(image).enhance(1.3)]
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """14 images from the two bundled photos: 11 calibrate, 3 (every 4th) are held out."""
+    folder = tmp_path_factory.mktemp("calib")
+    for index, name in enumerate(("daisy.jpg", "n01440764_10026.JPEG")):
+        for number, image in enumerate(variants(Image.open(IMAGES / name).convert("RGB"))):
+            image.save(folder / f"{index}_{number}.jpg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def int8_root(calib_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from export.__main__ import main
+
+    out = tmp_path_factory.mktemp("int8") / "SqueezeNet1_1"
+    code = main(["--model", "SqueezeNet1_1", "--random-init", "0", "--int8", "--calib-images", str(calib_dir),
+                 "--min-agreement", "0", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(int8_root: Path) -> Iterator[ModelServer]:
+    args = parse_args(["--model", str(int8_root / "serving_server"), "--port", "0", "--precision", "int8"])
+    running = ModelServer(build_service(args), args).start()
+    yield running
+    running.stop()
+
+
+def test_card_records_calibration_figures_and_method(int8_root: Path, calib_dir: Path) -> None:
+    card = yaml.safe_load((int8_root / "model_card.yaml").read_text())
+    section = card["int8"]
+    assert (int8_root / section["file"]).is_file() and section["file"].endswith(INT8_FILE)
+    images = sorted(calib_dir.iterdir())
+    calibration = [path for index, path in enumerate(images) if index % 4 != 3]
+    assert section["calibration"]["count"] == 11 and section["calibration"]["sha256"] == file_list_sha256(calibration)
+    held = section["held_out"]
+    assert held["count"] == 3 and 0 <= held["top1_agreement"] <= 1 and 0 <= held["top5_overlap"] <= 1
+    assert 0 <= held["mean_abs_diff"] <= held["max_abs_diff"] < 0.5
+    assert "QDQ" in section["method"] and "per-channel" in section["method"]
+    assert load_card(int8_root / "serving_server").int8 == section
+
+
+def test_int8_is_close_to_fp32_on_the_photos(int8_root: Path) -> None:
+    server_dir = int8_root / "serving_server"
+    transforms = load_card(server_dir).transforms
+    batch = np.stack([transforms(path.read_bytes()) for path in sorted(IMAGES.iterdir())])
+    figures = agreement(run_onnx(server_dir / "inference.onnx", batch), run_onnx(server_dir / INT8_FILE, batch))
+    assert figures["top1_agreement"] == 1.0 and figures["max_abs_diff"] < 0.1
+
+
+def test_too_few_images_is_one_line(run_cli, calib_dir: Path, tmp_path: Path) -> None:
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted(calib_dir.iterdir())[:3]:
+        (few / path.name).write_bytes(path.read_bytes())
+    code, _, err = run_cli("--model", "SqueezeNet1_1", "--random-init", "0", "--int8", "--calib-images", few,
+                           "--out", tmp_path / "out")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"error: --calib-images {few} has 3 images; at least 4 are needed "
+        "(every 4th is held out to measure INT8 against FP32)")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def bad_calib(tmp_path: Path) -> Path:
+    """Three black images calibrate, the daisy is held out: its activations clip and the top-1 changes."""
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for name in "abc":
+        Image.new("RGB", (256, 256)).save(folder / f"{name}.jpg")
+    (folder / "d.jpg").write_bytes((IMAGES / "daisy.jpg").read_bytes())
+    return folder
+
+
+def test_agreement_below_threshold_refused_unless_forced(run_cli, bad_calib: Path, tmp_path: Path) -> None:
+    args = ("--model", "SqueezeNet1_1", "--random-init", "0", "--int8", "--calib-images", bad_calib,
+            "--min-agreement", "1", "--out", tmp_path / "out")
+    code, _, err = run_cli(*args)
+    assert code == 2 and "below --min-agreement 1.0" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+    code, _, _ = run_cli(*args, "--force")
+    card = yaml.safe_load((tmp_path / "out" / "model_card.yaml").read_text())
+    assert code == 0 and card["int8"]["forced_below_min_agreement"] is True
+
+
+def test_model_server_serves_int8_with_its_agreement(server: ModelServer, int8_root: Path) -> None:
+    metadata = server.dataplane.metadata  # what a /metadata route shows
+    card = yaml.safe_load((int8_root / "model_card.yaml").read_text())
+    assert metadata["precision"] == "int8" and metadata["int8_held_out"] == card["int8"]["held_out"]
+    server_dir = int8_root / "serving_server"
+    data = (IMAGES / "daisy.jpg").read_bytes()
+    body = {"tensor": [{"name": "x", "alias_name": "image", "elem_type": 20, "shape": [1],
+                        "data": [base64.b64encode(data).decode()]}], "fetch_var_names": ["prediction"]}
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}/GeneralModelService/inference",
+                                     data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        served = np.array(json.loads(answer.read())["outputs"][0]["tensor"][0]["float_data"])
+    batch = load_card(server_dir).transforms(data)[None]
+    np.testing.assert_allclose(served, run_onnx(server_dir / INT8_FILE, batch)[0], atol=1e-5)
+    assert served.argmax() == run_onnx(server_dir / "inference.onnx", batch)[0].argmax()
+
+
+def test_int8_without_an_int8_model_fails_at_start(squeezenet_root: Path) -> None:
+    args = parse_args(["--model", str(squeezenet_root / "serving_server"), "--port", "0", "--precision", "int8"])
+    with pytest.raises(LoadError, match=r"no inference\.int8\.onnx in .*; export with --int8 --calib-images DIR"):
+        build_service(args)
