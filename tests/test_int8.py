@@ -18,9 +18,12 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from export.int8 import INT8_FILE, agreement, file_list_sha256
 from export.onnx_export import run_onnx
-from serving.errors import LoadError
+from serving.config import LocalServiceConf
+from serving.errors import ConfigError, LoadError
 from serving.model_card import load_card
+from serving.model_config import SERVER_CONF, read_config
 from serving.model_server import ModelServer, build_service, parse_args
+from serving.predictor.settings import settings_from_conf
 from tests.conftest import IMAGES
 
 
@@ -139,3 +142,18 @@ def test_int8_without_an_int8_model_fails_at_start(squeezenet_root: Path) -> Non
     args = parse_args(["--model", str(squeezenet_root / "serving_server"), "--port", "0", "--precision", "int8"])
     with pytest.raises(LoadError, match=r"no inference\.int8\.onnx in .*; export with --int8 --calib-images DIR"):
         build_service(args)
+
+
+@pytest.mark.parametrize(("engine", "expected"), [("auto", "onnxruntime"), ("onnxruntime", "onnxruntime"),
+                                                  ("paddle", "precision")])
+def test_op_precision_int8_on_cpu(int8_root: Path, engine: str, expected: str) -> None:
+    """A pipeline op's local_service_conf: int8 on CPU is ONNX Runtime's; engine paddle is refused."""
+    server_dir = int8_root / "serving_server"
+    conf = LocalServiceConf(model_config=str(server_dir), device_type=0, precision="int8", engine=engine)
+    try:
+        conf.validate("op.clas.local_service_conf")
+        settings = settings_from_conf(conf, read_config(server_dir / SERVER_CONF), path="op.clas.local_service_conf")
+    except ConfigError as exc:
+        assert f"op.clas.local_service_conf.{expected}" in str(exc)
+    else:
+        assert (settings.engine, settings.precision) == (expected, "int8")
