@@ -188,10 +188,11 @@ def test_plain_install_serves_an_onnx_export_without_paddle(venv: Path, onnx_mod
     paddle_engine = run(venv, tmp_path, "serving-kit", "model-server", "--model", str(server_dir), "--port", "0",
                         "--engine", "paddle")
     assert paddle_engine.returncode == 2 and "Traceback" not in paddle_engine.stderr
-    assert paddle_engine.stderr.strip().splitlines()[-1] == (
-        f"error: engine paddle (Paddle Inference) for {server_dir}, but Paddle is not installed: pip install "
-        "'pipeline-serving-kit[paddle]' (on GPU: paddlepaddle-gpu), or serve an export made with --onnx on engine "
-        "onnxruntime")
+    last = paddle_engine.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: model 'SqueezeNet1_1' version 1 ({server_dir}) refused: "), last
+    assert (f"engine paddle (Paddle Inference) for {server_dir}, but Paddle is not installed: pip install "
+            "'pipeline-serving-kit[paddle]' (on GPU: paddlepaddle-gpu), or serve an export made with --onnx on engine "
+            "onnxruntime") in last
 
     predicted = run(venv, tmp_path, "serving-kit", "predict", "--model", str(onnx_model), str(DAISY))
     assert predicted.returncode == 0, predicted.stderr
