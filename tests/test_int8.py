@@ -157,3 +157,15 @@ def test_op_precision_int8_on_cpu(int8_root: Path, engine: str, expected: str) -
         assert f"op.clas.local_service_conf.{expected}" in str(exc)
     else:
         assert (settings.engine, settings.precision) == (expected, "int8")
+
+
+def test_int8_graph_folds_the_bias_adds_and_keeps_softmax_float(int8_root: Path) -> None:
+    """Paddle2ONNX's Conv + bias Add + Identity, left apart, cost a QLinearAdd per Conv and made INT8 no faster."""
+    import onnx
+
+    graph = onnx.load(str(int8_root / "serving_server" / INT8_FILE)).graph
+    ops = [node.op_type for node in graph.node]
+    assert "Add" not in ops and "Identity" not in ops and ops.count("Conv") == 26
+    assert all(len(node.input) == 3 for node in graph.node if node.op_type == "Conv")  # the bias is the Conv's own
+    softmax = next(node for node in graph.node if node.op_type == "Softmax")
+    assert softmax.output[0] == graph.output[0].name  # no QuantizeLinear after it: probabilities are not uint8
