@@ -24,8 +24,8 @@ def calibration_folder(folder: Path) -> Path:
     for index, path in enumerate(sorted(SAMPLE_IMAGES.iterdir())):
         image = Image.open(path).convert("RGB")
         width, height = image.size
-        half, quarter = (width * 3 // 4, height * 3 // 4), (width // 4, height // 4)
-        crops = image.crop((0, 0, *half)), image.crop((*quarter, width, height))
+        three_quarters, quarter = (width * 3 // 4, height * 3 // 4), (width // 4, height // 4)
+        crops = image.crop((0, 0, *three_quarters)), image.crop((*quarter, width, height))
         for number, variant in enumerate((image, ImageOps.mirror(image), ImageOps.flip(image), *crops,
                                           ImageEnhance.Color(image).enhance(0.3),
                                           ImageEnhance.Brightness(image).enhance(1.3))):
