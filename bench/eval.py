@@ -2,9 +2,13 @@
 
     python -m bench.eval --model models/SqueezeNet1_1 --images DIR --list val_list.txt \\
         --via local|http|grpc|brpc [--url ...] [--endpoint host:port]
+    python -m bench.eval --model models/SqueezeNet1_1 --images DIR [--list val_list.txt] --precision int8
+
 
 `val_list.txt` is PaddleClas's format: `relative/path label` per line. http and grpc go to the
 pipeline (which must answer top-5: set `topk: 5` on its op); brpc goes to the model server.
+`--precision int8` compares the INT8 twin with the FP32 ONNX twin image by image (every image under DIR when no
+list is given) and exits 1 when their top-1 agreement is below --min-agreement.
 """
 
 import argparse
@@ -18,8 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
+from export.int8 import DEFAULT_MIN_AGREEMENT, IMAGE_SUFFIXES, INT8_FILE, agreement
+from export.onnx_export import ONNX_FILE
 from serving.classify import Prediction, local_predictor, top_k
 from serving.model_card import display_name, load_card
 from serving.model_config import CLIENT_CONF
@@ -126,22 +133,75 @@ def table(model: str, tally: Tally) -> str:
     return f"| Model | Top1 | Top5 |\n|---|---|---|\n| {model} | {top1:.3f} | {top5:.3f} |"
 
 
+def unlabelled(images: Path) -> list[tuple[str, None]]:
+    """Every image under `images`, sorted, when there is no list: agreement needs no labels."""
+    return [(path.relative_to(images).as_posix(), None) for path in sorted(images.rglob("*"))
+            if path.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def compare_int8(model_root: Path, images: Path, entries: list[tuple[str, int | None]]) -> tuple[str, list[str], float]:
+    """INT8 against FP32 (both ONNX Runtime): the metric table, the images whose top-1 differs, the agreement."""
+    import onnxruntime
+
+    server = model_root / "serving_server"
+    card = load_card(server)
+    sessions = {name: onnxruntime.InferenceSession(str(server / file), providers=["CPUExecutionProvider"])
+                for name, file in (("FP32", ONNX_FILE), ("INT8", INT8_FILE))}
+    probs: dict[str, list[np.ndarray]] = {name: [] for name in sessions}
+    for name, _ in tqdm(entries, desc="fp32 vs int8", unit="img", file=sys.stderr):
+        batch = card.transforms((images / name).read_bytes())[None]
+        for precision, session in sessions.items():
+            probs[precision].append(session.run(None, {session.get_inputs()[0].name: batch})[0][0])
+    fp32, int8 = np.stack(probs["FP32"]), np.stack(probs["INT8"])
+    figures = agreement(fp32, int8)
+    labels = [label for _, label in entries]
+    lines = [] if None in labels else ["| Model | precision | Top1 | Top5 |", "|---|---|---|---|"]
+    for precision, rows in () if None in labels else (("FP32", fp32), ("INT8", int8)):
+        ranked = np.argsort(-rows, axis=-1)[:, :5]
+        top1 = np.mean(ranked[:, 0] == labels)
+        top5 = np.mean([label in row for label, row in zip(labels, ranked, strict=True)])
+        lines.append(f"| {card.model} | {precision} | {top1:.3f} | {top5:.3f} |")
+    lines.append(f"{figures['count']} images: INT8 top-1 agrees with FP32 on {figures['top1_agreement']:.3f}, "
+                 f"top-5 overlap {figures['top5_overlap']:.3f}, |prob diff| max {figures['max_abs_diff']:.4f} "
+                 f"mean {figures['mean_abs_diff']:.6f}")
+    differ = [f"{name}: FP32 {display_name(card.labels[a.argmax()])} {a.max():.5f}, "
+              f"INT8 {display_name(card.labels[b.argmax()])} {b.max():.5f}"
+              for (name, _), a, b in zip(entries, fp32, int8, strict=True) if a.argmax() != b.argmax()]
+    return "\n".join(lines), differ, figures["top1_agreement"]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Where the images are, and which path to evaluate."""
     parser = argparse.ArgumentParser(prog="python -m bench.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="exported model folder (holds serving_server/)")
     parser.add_argument("--images", type=Path, required=True, help="image root the list is relative to")
-    parser.add_argument("--list", type=Path, required=True, help="val_list.txt: 'relative/path label' per line")
+    parser.add_argument("--list", type=Path, help="val_list.txt: 'relative/path label' per line (optional with int8)")
     parser.add_argument("--via", choices=("local", "http", "grpc", "brpc"), default="local")
     parser.add_argument("--url", default="http://127.0.0.1:18080/imagenet/prediction", help="pipeline REST URL")
     parser.add_argument("--endpoint", help="host:port (default 127.0.0.1:9993 for grpc, 127.0.0.1:9292 for brpc)")
-    return parser.parse_args(argv)
+    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                        help="int8: compare the exported INT8 twin with FP32, image by image (local only)")
+    parser.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                        help="int8: the top-1 agreement with FP32 below which the exit status is 1")
+    args = parser.parse_args(argv)
+    if args.list is None and args.precision == "fp32":
+        parser.error("--list is required unless --precision int8")
+    if args.precision == "int8" and args.via != "local":
+        parser.error("--precision int8 compares local models; leave --via at local")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Print the metric table and every local/served mismatch; exit 1 if there is any."""
     warnings.filterwarnings("ignore", message="No ccache found")
     args = parse_args(argv)
+    if args.precision == "int8":
+        entries = read_list(args.list) if args.list else unlabelled(args.images)
+        metrics, differ, top1_agreement = compare_int8(args.model, args.images, entries)
+        print(metrics)
+        for line in differ:
+            print(f"  top-1 differs: {line}")
+        return 1 if top1_agreement < args.min_agreement else 0
     local = local_predictor(args.model)
     served = {"local": lambda: None, "http": lambda: http_predictor(args.url),
               "grpc": lambda: grpc_predictor(args.endpoint or "127.0.0.1:9993"),

@@ -157,3 +157,35 @@ def test_op_precision_int8_on_cpu(int8_root: Path, engine: str, expected: str) -
         assert f"op.clas.local_service_conf.{expected}" in str(exc)
     else:
         assert (settings.engine, settings.precision) == (expected, "int8")
+
+
+def test_int8_graph_folds_the_bias_adds_and_keeps_softmax_float(int8_root: Path) -> None:
+    """Paddle2ONNX's Conv + bias Add + Identity, left apart, cost a QLinearAdd per Conv and made INT8 no faster."""
+    import onnx
+
+    graph = onnx.load(str(int8_root / "serving_server" / INT8_FILE)).graph
+    ops = [node.op_type for node in graph.node]
+    assert "Add" not in ops and "Identity" not in ops and ops.count("Conv") == 26
+    assert all(len(node.input) == 3 for node in graph.node if node.op_type == "Conv")  # the bias is the Conv's own
+    softmax = next(node for node in graph.node if node.op_type == "Softmax")
+    assert softmax.output[0] == graph.output[0].name  # no QuantizeLinear after it: probabilities are not uint8
+
+
+def test_eval_compares_int8_with_fp32_image_by_image(int8_root: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """Without a list: agreement alone; with one: FP32 and INT8 top-1/top-5 too; below --min-agreement exits 1."""
+    from bench.eval import main
+
+    code = main(["--model", str(int8_root), "--images", str(IMAGES), "--precision", "int8", "--min-agreement", "0"])
+    out = capsys.readouterr().out
+    assert code == 0 and "| Model |" not in out and out.startswith("2 images: INT8 top-1 agrees with FP32 on 1.000")
+    server_dir = int8_root / "serving_server"
+    batch = np.stack([load_card(server_dir).transforms(path.read_bytes()) for path in sorted(IMAGES.iterdir())])
+    top1 = run_onnx(server_dir / "inference.onnx", batch).argmax(axis=-1)
+    listing = tmp_path / "val_list.txt"
+    names = [path.name for path in sorted(IMAGES.iterdir())]
+    listing.write_text("".join(f"{name} {label}\n" for name, label in zip(names, top1, strict=True)))
+    code = main(["--model", str(int8_root), "--images", str(IMAGES), "--list", str(listing), "--precision", "int8",
+                 "--min-agreement", "1.01"])
+    out = capsys.readouterr().out
+    assert code == 1 and "| SqueezeNet1_1 | FP32 | 1.000 | 1.000 |" in out and "| SqueezeNet1_1 | INT8 |" in out
