@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image
 
+from bench.int8_speed import calibration_folder
 from export.int8 import INT8_FILE, agreement, file_list_sha256
 from export.onnx_export import run_onnx
 from serving.config import LocalServiceConf
@@ -27,22 +28,10 @@ from serving.predictor.settings import settings_from_conf
 from tests.conftest import IMAGES
 
 
-def variants(image: Image.Image) -> list[Image.Image]:
-    """Crops, flips and colour shifts: seven different inputs from one photo."""
-    width, height = image.size
-    return [image, ImageOps.mirror(image), ImageOps.flip(image), image.crop((0, 0, width * 3 // 4, height * 3 // 4)),
-            image.crop((width // 4, height // 4, width, height)), ImageEnhance.Color(image).enhance(0.3),
-            ImageEnhance.Brightness(image).enhance(1.3)]
-
-
 @pytest.fixture(scope="module")
 def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """14 images from the two bundled photos: 11 calibrate, 3 (every 4th) are held out."""
-    folder = tmp_path_factory.mktemp("calib")
-    for index, name in enumerate(("daisy.jpg", "n01440764_10026.JPEG")):
-        for number, image in enumerate(variants(Image.open(IMAGES / name).convert("RGB"))):
-            image.save(folder / f"{index}_{number}.jpg")
-    return folder
+    """14 crops, flips and colour shifts of the two bundled photos: 11 calibrate, 3 (every 4th) are held out."""
+    return calibration_folder(tmp_path_factory.mktemp("calib"))
 
 
 @pytest.fixture(scope="module")
