@@ -237,7 +237,7 @@ def test_onnx_runtime_on_cuda_asks_for_the_card_and_checks_it_loaded(onnx_model:
     engine = ort_engine(onnx_model, monkeypatch, [CUDA, "CPUExecutionProvider"], device_type=1)
     assert len(engine.build_pool(2)) == 2
     assert StandInSession.created == [[(CUDA, {"device_id": 1})]]
-    assert engine.describe() == {"providers": [CUDA, "CPUExecutionProvider"]}
+    assert engine.describe() == {"providers": [CUDA, "CPUExecutionProvider"], "model_file": "inference.onnx"}
     quiet_fallback = ort_engine(onnx_model, monkeypatch, ["CPUExecutionProvider"], device_type=1)
     with pytest.raises(InitError, match=r"did not load CUDAExecutionProvider .*onnxruntime-gpu"):
         quiet_fallback.build_pool(1)
