@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import yaml
@@ -25,7 +26,10 @@ from serving.model_card import load_card
 from serving.model_config import SERVER_CONF, read_config
 from serving.model_server import ModelServer, build_service, parse_args
 from serving.predictor.settings import settings_from_conf
+from serving.proto import general_model_service_pb2_grpc as gm_grpc
+from serving.protocols.brpc_model_client import Client
 from tests.conftest import IMAGES
+from tests.test_model_server import image_request, output
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,8 @@ def int8_root(calib_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="module")
 def server(int8_root: Path) -> Iterator[ModelServer]:
-    args = parse_args(["--model", str(int8_root / "serving_server"), "--port", "0", "--precision", "int8"])
+    args = parse_args(["--model", str(int8_root / "serving_server"), "--port", "0", "--grpc_port", "0",
+                       "--precision", "int8"])
     running = ModelServer(build_service(args), args).start()
     yield running
     running.stop()
@@ -125,6 +130,21 @@ def test_model_server_serves_int8_with_its_agreement(server: ModelServer, int8_r
     batch = load_card(server_dir).transforms(data)[None]
     np.testing.assert_allclose(served, run_onnx(server_dir / INT8_FILE, batch)[0], atol=1e-5)
     assert served.argmax() == run_onnx(server_dir / "inference.onnx", batch)[0].argmax()
+
+
+def test_int8_is_served_over_brpc_and_grpc_too(server: ModelServer, int8_root: Path) -> None:
+    """baidu_std with Paddle Serving's Client (a preprocessed tensor) and gRPC (the image file) answer INT8."""
+    data = (IMAGES / "daisy.jpg").read_bytes()
+    batch = load_card(int8_root / "serving_server").transforms(data)[None]
+    expected = run_onnx(int8_root / "serving_server" / INT8_FILE, batch)
+    with Client() as client:
+        client.load_client_config(int8_root / "serving_client")
+        client.connect([f"127.0.0.1:{server.port}"])
+        brpc = client.predict(feed={client.get_feed_names()[0]: batch}, fetch=["prediction"], batch=True)
+    np.testing.assert_allclose(brpc["prediction"], expected, atol=1e-5)
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        response = gm_grpc.GeneralModelServiceStub(channel).inference(image_request([data]))
+    np.testing.assert_allclose(output(response), expected, atol=1e-5)
 
 
 def test_int8_without_an_int8_model_fails_at_start(squeezenet_root: Path) -> None:
