@@ -142,5 +142,7 @@ def test_flood_of_half_sent_requests_then_dropped(request: pytest.FixtureRequest
     drop(held)
     log = (tmp_path / "server.log").read_text()
     assert process.returncode == 0, log[-2000:]
-    assert elapsed < DRAIN_MS / 1000, elapsed
+    # The drain bounds the requests in flight; closing the held sockets and the interpreter's exit come after it
+    # (under a second on a loaded machine), inside the grace period deploy/k8s sets well above the drain.
+    assert elapsed < DRAIN_MS / 1000 + 1, elapsed
     assert "Traceback" not in log and len(log.splitlines()) < 50, log[-3000:]

@@ -218,12 +218,12 @@ class WebService:
     def run_service(self, pid_file: Path | None = None) -> None:
         """Start, then serve until SIGINT or SIGTERM (or `stop` via the pid file); then drain and stop."""
         raise_open_file_limit()
-        self.start()
-        if pid_file is not None:
+        if pid_file is not None:  # before /ready answers 200, so whoever sees the service ready finds its pid
             atomic_write_text(pid_file, f"{os.getpid()}\n")
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: self._stopped.set())
         try:
+            self.start()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, lambda *_: self._stopped.set())
             self._stopped.wait()
             log.info("stopping: draining in-flight requests")
             self.stop()
