@@ -3,6 +3,10 @@
 import json
 import os
 import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +29,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, seconds: float = 120, log: Path | None = None) -> None:
+    """Poll `url` until it answers 200; fail with the server's log (or stderr) when it exits or takes too long."""
+    def output() -> str:
+        return log.read_text() if log is not None else (process.stderr.read() if process.stderr else "")
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, output()
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not ready in {seconds} s")
 
 
 def reference_params(model: str) -> list[list]:

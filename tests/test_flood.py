@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from serving.files import raise_open_file_limit
-from tests.conftest import free_port, photo_bytes
+from tests.conftest import free_port, photo_bytes, wait_ready
 
 ROOT = Path(__file__).parent.parent
 FLOOD = 5000
@@ -39,18 +39,6 @@ def health_ms(port: int, path: str = "/health") -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as answer:
         assert answer.status == 200
     return (time.perf_counter() - started) * 1000
-
-
-def wait_ready(port: int, process: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read()
-        try:
-            health_ms(port, "/ready")
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("server did not come up")
 
 
 def hold(port: int, count: int) -> list[socket.socket]:
@@ -120,7 +108,7 @@ def predict(port: int, target: dict) -> None:
 def test_flood_of_half_sent_requests_then_dropped(request: pytest.FixtureRequest, server: str,
                                                   tmp_path: Path) -> None:
     process, port, target = request.getfixturevalue(server)
-    wait_ready(port, process)
+    wait_ready(f"http://127.0.0.1:{port}/ready", process)
     predict(port, target)
     threads_before = threads_of(process.pid)
     held = hold(port, FLOOD)

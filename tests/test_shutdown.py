@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_ready
 
 ROOT = Path(__file__).parent.parent
 
@@ -47,6 +47,7 @@ def test_stop_drains_the_in_flight_request_and_exits_zero(tmp_path: Path) -> Non
             assert process.poll() is None, process.stderr.read()
             time.sleep(0.1)
         assert int(pid_file.read_text()) == process.pid
+        wait_ready(f"http://127.0.0.1:{port}/ready", process, 60)
         answers: list[dict] = []
         body = json.dumps({"key": ["a"], "value": ["still answered"]}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/slow/prediction", data=body, method="POST")

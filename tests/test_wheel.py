@@ -19,8 +19,6 @@ import subprocess
 import sys
 import tarfile
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IMAGES, free_port
+from tests.conftest import IMAGES, free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST = "pipeline_serving_kit-0.1.0"
@@ -158,21 +156,6 @@ def server(venv: Path, cwd: Path, log: Path, *args: str) -> Iterator[subprocess.
             process.wait()
 
 
-def wait_ready(process: subprocess.Popen, url: str, log: Path) -> None:
-    """Poll `url` until it answers 200; fail with the log when the server exits or takes too long."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except (OSError, urllib.error.URLError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready in {START_TIMEOUT_S} s:\n{log.read_text()}")
-
-
 def test_plain_install_serves_an_onnx_export_without_paddle(venv: Path, onnx_model: Path, tmp_path: Path) -> None:
     imported = run(venv, tmp_path, "python", "-c", IMPORT_ALL)
     assert imported.returncode == 0, imported.stderr
@@ -203,7 +186,7 @@ def test_plain_install_serves_an_onnx_export_without_paddle(venv: Path, onnx_mod
     log = tmp_path / "pipeline.log"
     with server(venv, tmp_path, log, "serve", "--model_config", str(server_dir), "--http_port", str(http_port),
                 "--rpc_port", str(rpc_port)) as pipeline:
-        wait_ready(pipeline, f"http://127.0.0.1:{http_port}/ready", log)
+        wait_ready(f"http://127.0.0.1:{http_port}/ready", pipeline, START_TIMEOUT_S, log)
         assert int((tmp_path / "web_service.pid").read_text()) == pipeline.pid
         rest = run(venv, tmp_path, "python", "-m", "clients.http_client", str(DAISY), "--url",
                    f"http://127.0.0.1:{http_port}/imagenet/prediction")
@@ -212,7 +195,7 @@ def test_plain_install_serves_an_onnx_export_without_paddle(venv: Path, onnx_mod
         model_log = tmp_path / "model_server.log"
         with server(venv, tmp_path, model_log, "model-server", "--model", str(server_dir), "--port",
                     str(brpc_port)) as model_server:
-            wait_ready(model_server, f"http://127.0.0.1:{brpc_port}/ready", model_log)
+            wait_ready(f"http://127.0.0.1:{brpc_port}/ready", model_server, START_TIMEOUT_S, model_log)
             brpc = run(venv, tmp_path, "python", "-m", "clients.brpc_client", "--config",
                        str(onnx_model / "serving_client" / "serving_client_conf.prototxt"), "--endpoint",
                        f"127.0.0.1:{brpc_port}", str(DAISY))
