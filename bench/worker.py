@@ -2,9 +2,9 @@
 
     python -m bench.worker '<spec JSON>' OUT.json
 
-Spec `task` is `engine` (time LocalPredictor.predict on random input per batch size) or `ceiling` (decode +
-preprocess + predict of one JPEG from concurrent threads, no serving). Raw samples go to OUT.json; the parent
-computes the statistics.
+Spec `task` is `engine` (time LocalPredictor.predict on random input per batch size, as `python -m export
+--measure` does) or `ceiling` (decode + preprocess + predict of one JPEG from concurrent threads, no serving).
+Raw samples go to OUT.json; the parent computes the statistics.
 """
 
 import json
@@ -14,44 +14,9 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
-from serving.config import LocalServiceConf
-from serving.model_config import SERVER_CONF, read_config
+from export.measure import build_predictor, time_engine
 
 warnings.filterwarnings("ignore", message="No ccache found")
-
-
-def build_predictor(server_dir: str, conf: dict, pool_size: int) -> object:
-    """A LocalPredictor from local_service_conf keys, validated exactly as config.yml would be."""
-    from serving.predictor import LocalPredictor, settings_from_conf
-
-    service_conf = LocalServiceConf(model_config=server_dir, **conf)
-    service_conf.validate("bench")
-    model_config = read_config(Path(server_dir) / SERVER_CONF)
-    return LocalPredictor(settings_from_conf(service_conf, model_config, path="bench"), model_config, pool_size)
-
-
-def time_engine(spec: dict) -> dict:
-    """Setup time, then per batch size `warmup` untimed and `runs` timed predict calls on random input."""
-    started = time.perf_counter()
-    predictor = build_predictor(spec["server_dir"], spec["conf"], pool_size=1)
-    setup_s = time.perf_counter() - started
-    shape = list(read_config(Path(spec["server_dir"]) / SERVER_CONF).feed_var[0].shape)
-    feed = predictor.feed_names[0]
-    rng = np.random.default_rng(0)
-    samples: dict[str, list[float]] = {}
-    for batch in spec["batches"]:
-        array = rng.standard_normal((batch, *shape), dtype=np.float32)
-        for _ in range(spec["warmup"]):
-            predictor.predict({feed: array})
-        timings = []
-        for _ in range(spec["runs"]):
-            start = time.perf_counter()
-            predictor.predict({feed: array})
-            timings.append((time.perf_counter() - start) * 1000)
-        samples[str(batch)] = timings
-    return {"setup_s": setup_s, "samples_ms": samples}
 
 
 def _drive(predictor: object, transforms: object, image: bytes, workers: int, seconds: float) -> tuple[list, float]:

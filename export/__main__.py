@@ -6,17 +6,19 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Keep Paddle's C++ INFO lines and its import-time ccache warning off the user's terminal.
 os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message="No ccache found")
 
+from export import measure as timing  # noqa: E402
 from export.errors import ExportError  # noqa: E402
-from export.exporter import DEFAULT_LABELS, ExportRequest, ExportResult, export  # noqa: E402
-from export.int8 import DEFAULT_MIN_AGREEMENT  # noqa: E402
-from export.models import MODELS, UnknownModelError  # noqa: E402
 
-STEPS = 6  # one more with --onnx, another with --int8
+if TYPE_CHECKING:
+    from export.exporter import ExportResult
+
+STEPS = 6  # one more with --onnx, another with --int8, another with --measure
 
 
 class StepPrinter:
@@ -43,8 +45,56 @@ class StepPrinter:
         return time.monotonic() - self.started
 
 
+def add_timing_args(parser: argparse.ArgumentParser) -> None:
+    """How the engines are timed: the op's math threads and the largest batch it runs."""
+    parser.add_argument("--threads", type=int, default=timing.DEFAULT_THREADS,
+                        help=f"math threads per predictor, as the op's thread_num (default: {timing.DEFAULT_THREADS})")
+    parser.add_argument("--max-batch-size", type=int, default=timing.DEFAULT_MAX_BATCH,
+                        help=f"the batch timed besides 1, as the op's batch_size (default: {timing.DEFAULT_MAX_BATCH})")
+    parser.add_argument("--runs", type=int, default=timing.DEFAULT_RUNS, help=argparse.SUPPRESS)
+
+
+def parse_measure_args(argv: list[str]) -> argparse.Namespace:
+    """`--measure DIR` alone: time the engines of an existing export on this machine."""
+    parser = argparse.ArgumentParser(
+        prog="python -m export --measure",
+        description="Time each engine and precision the export can run on this machine and record the table in its "
+                    "model card; engine: auto then runs the fastest FP32 engine measured here.")
+    parser.add_argument("--measure", required=True, type=Path, metavar="DIR",
+                        help="an exported model folder (or its serving_server)")
+    add_timing_args(parser)
+    return parser.parse_args(argv)
+
+
+def run_measure(server_dir: Path, args: argparse.Namespace, progress: "StepPrinter | None" = None) -> None:
+    """Time, record in the card, print the table."""
+    def step(label: str) -> None:
+        print(f"  timing {label} ...", file=sys.stderr, flush=True)
+
+    table = timing.measure(server_dir, args.threads, args.max_batch_size, args.runs, step)
+    timing.record(server_dir, table)
+    if progress is not None:
+        progress.finish()
+    print("\n".join(timing.lines(server_dir, table)))
+
+
+def measure_main(argv: list[str]) -> int:
+    """`python -m export --measure DIR`: errors are one line on stderr and exit 2."""
+    args = parse_measure_args(argv)
+    try:
+        run_measure(timing.resolve_server_dir(args.measure), args)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The CLI: one weights source (checkpoint, inference model or random seed) per run."""
+    from export.exporter import DEFAULT_LABELS
+    from export.int8 import DEFAULT_MIN_AGREEMENT
+    from export.models import MODELS
+
     parser = argparse.ArgumentParser(
         prog="python -m export",
         description="Export a PaddleClas classifier to Paddle Serving's serving_server/ + serving_client/ layout.",
@@ -72,6 +122,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
                         help=f"least top-1 agreement of INT8 with FP32 on the held-out images "
                              f"(default: {DEFAULT_MIN_AGREEMENT})")
+    parser.add_argument("--measure", action="store_true",
+                        help="time each engine on this machine after the export and record the table in the card "
+                             "(on the serving machine, python -m export --measure DIR does it for an export)")
+    add_timing_args(parser)
     args = parser.parse_args(argv)
     if args.int8 != (args.calib_images is not None):
         parser.error("--int8 and --calib-images DIR go together")
@@ -79,7 +133,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def report(result: ExportResult, out: Path) -> None:
+def report(result: "ExportResult", out: Path) -> None:
     """Print what was exported beside PaddleClas's published figures."""
     card = result.card
     published = card["published"]
@@ -98,7 +152,18 @@ def report(result: ExportResult, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Export a model, or with `--measure DIR` alone time an existing export's engines on this machine."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--model" not in argv and any(arg == "--measure" or arg.startswith("--measure=") for arg in argv):
+        return measure_main(argv)
+    return export_main(argv)
+
+
+def export_main(argv: list[str]) -> int:
     """Run one export; errors are one line on stderr and a non-zero exit."""
+    from export.exporter import ExportRequest, export
+    from export.models import UnknownModelError
+
     args = parse_args(argv)
     if args.random_init is not None:
         print(f"warning: --random-init {args.random_init}: random weights, predictions are meaningless",
@@ -107,15 +172,21 @@ def main(argv: list[str] | None = None) -> int:
                             inference_model=args.inference_model, random_init=args.random_init,
                             num_classes=args.num_classes, labels=args.labels, force=args.force,
                             onnx=args.onnx, calib_images=args.calib_images, min_agreement=args.min_agreement)
-    progress = StepPrinter(STEPS + int(args.onnx) + int(args.int8))
+    progress = StepPrinter(STEPS + int(args.onnx) + int(args.int8) + int(args.measure))
     try:
         result = export(request, progress)
+        if args.measure:
+            progress("timing each engine on this machine")
+            progress.finish()
+            report(result, args.out)
+            run_measure(args.out / "serving_server", args, progress)
     except (ExportError, UnknownModelError) as exc:
         progress.finish()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     progress.finish()
-    report(result, args.out)
+    if not args.measure:
+        report(result, args.out)
     print(f"  done in {progress.total():.1f} s")
     return 0
 

@@ -39,10 +39,14 @@ class ModelService:
         self.names = {var.alias_name: var.name for var in model_config.fetch_var}
 
     def metadata(self) -> dict:
-        """Feeds and fetches by alias, the precision served and, for INT8, its recorded agreement with FP32."""
+        """Feeds and fetches by alias, the engine and precision served (and why that engine, for auto) and, for
+        INT8, its recorded agreement with FP32."""
+        engine = getattr(self.predictor, "engine_info", {})
         info = {"feeds": [var.alias_name for var in self.model_config.feed_var],
                 "fetches": [var.alias_name for var in self.model_config.fetch_var],
-                "precision": getattr(self.predictor, "engine_info", {}).get("precision")}
+                "engine": engine.get("engine"), "precision": engine.get("precision")}
+        if engine.get("engine_choice"):
+            info["engine_choice"] = engine["engine_choice"]
         if info["precision"] == "int8" and self.card is not None and self.card.int8:
             info["int8_held_out"] = self.card.int8.get("held_out")
         return info

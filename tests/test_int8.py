@@ -7,6 +7,7 @@ threshold refusal is provoked with a calibration set of black images, which clip
 
 import base64
 import json
+import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +23,11 @@ from export.int8 import INT8_FILE, agreement, file_list_sha256
 from export.onnx_export import run_onnx
 from serving.config import LocalServiceConf
 from serving.errors import ConfigError, LoadError
+from serving.machine import this_machine
 from serving.model_card import load_card
 from serving.model_config import SERVER_CONF, read_config
 from serving.model_server import ModelServer, build_service, parse_args
+from serving.predictor.engine_table import fastest_fp32
 from serving.predictor.settings import settings_from_conf
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.protocols.brpc_model_client import Client
@@ -198,3 +201,25 @@ def test_eval_compares_int8_with_fp32_image_by_image(int8_root: Path, tmp_path: 
                  "--min-agreement", "1.01"])
     out = capsys.readouterr().out
     assert code == 1 and "| SqueezeNet1_1 | FP32 | 1.000 | 1.000 |" in out and "| SqueezeNet1_1 | INT8 |" in out
+
+
+def test_measure_times_every_engine_and_auto_follows_the_table(int8_root: Path, tmp_path: Path, run_cli) -> None:
+    """`python -m export --measure DIR` on the serving machine: every engine and precision the export has, in the
+    card with this machine; `engine: auto` then runs the fastest FP32 one of them, and says why in its metadata."""
+    root = tmp_path / "SqueezeNet1_1"
+    shutil.copytree(int8_root, root)
+    code, out, err = run_cli("--measure", root, "--threads", "1", "--max-batch-size", "2", "--runs", "3")
+    assert code == 0, err
+    (table,) = yaml.safe_load((root / "model_card.yaml").read_text())["engine_timings"]
+    assert table["machine"] == this_machine() and table["threads"] == 1 and table["skipped"] == {}
+    measured = {(row["engine"], row["precision"], row["batch"]) for row in table["rows"]}
+    assert measured == {(engine, precision, batch) for batch in (1, 2) for engine, precision in
+                        [("paddle_onednn", "fp32"), ("paddle", "fp32"), ("onnxruntime", "fp32"),
+                         ("onnxruntime_int8", "int8")]}
+    assert all(row["runs"] >= 3 and row["ms_per_image"] == pytest.approx(row["median_ms"] / row["batch"], abs=1e-3)
+               for row in table["rows"])
+    fastest = fastest_fp32(root / "serving_server", 1)
+    assert f"engine: auto now runs {fastest.engine.label} on this machine" in out
+    args = parse_args(["--model", str(root / "serving_server"), "--port", "0", "--cpu_threads", "1"])
+    metadata = build_service(args).find(root.name).service.metadata()
+    assert metadata["engine"] == fastest.engine.conf["engine"] and metadata["engine_choice"] == fastest.reason

@@ -74,7 +74,9 @@ def test_cpu_settings(make_conf: Callable[..., LocalServiceConf], model_config: 
     settings = settings_from_conf(conf, model_config)
     assert settings == PredictorSettings(
         model_dir=server_dir, device="cpu", gpu_ids=(), thread_num=4, use_mkldnn=True, mkldnn_cache_capacity=10,
-        mkldnn_op_list=("conv2d",), ir_optim=True, mem_optim=False, trt_cache_dir=server_dir / "_trt_cache")
+        mkldnn_op_list=("conv2d",), ir_optim=True, mem_optim=False, trt_cache_dir=server_dir / "_trt_cache",
+        engine_choice="auto: no engine timing recorded for this machine (python -m export --measure DIR records one); "
+                      "paddle, the default rule")
     assert settings_from_conf(make_conf(device_type=0, devices="0"), model_config).device == "cpu"
 
 

@@ -64,7 +64,8 @@ class LocalPredictor:
     def engine_info(self) -> dict:
         """Which engine runs the model, on what, at what precision; with TensorRT, how many ops it took."""
         info = {"engine": self._settings.engine, "device": self._settings.device, "precision": self._settings.precision}
-        return {**info, **self._engine.describe()}
+        choice = {"engine_choice": self._settings.engine_choice} if self._settings.engine_choice else {}
+        return {**info, **choice, **self._engine.describe()}
 
     @property
     def feed_vars(self) -> list[FeedVar]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from serving.config import LocalServiceConf
 from serving.errors import ConfigError
+from serving.predictor.engine_table import fastest_fp32
 from serving.proto.general_model_config_pb2 import GeneralModelConfig
 
 DEVICES = ("cpu", "gpu", "tensorrt")
@@ -45,6 +46,17 @@ class PredictorSettings:
     engine: str = "paddle"
     cpu_spin_wait: bool = False
     trt_fallback: str = "none"
+    engine_choice: str = ""  # why this engine, for engine: auto (the card's timing table, or the fallback rule)
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine an op runs, the oneDNN keys a measured choice brings with it, and why."""
+
+    engine: str
+    use_mkldnn: bool
+    ir_optim: bool
+    reason: str = ""
 
 
 def summary(exc: BaseException, limit: int = 300) -> str:
@@ -100,23 +112,40 @@ def dynamic_shapes(model_config: GeneralModelConfig, max_batch_size: int, info: 
     return shapes
 
 
-def engine_of(conf: LocalServiceConf, device: str, path: str) -> str:
-    """`auto` is ONNX Runtime on CPU when the export has an ONNX file (measured faster or equal), else Paddle."""
-    has_onnx = (Path(conf.model_config) / ONNX_FILE).is_file()
+def choose_engine(conf: LocalServiceConf, device: str, path: str) -> EngineChoice:
+    """`auto` on CPU runs the fastest FP32 engine the model card recorded for this machine; without such a table,
+    ONNX Runtime when the export has an ONNX file (measured faster or equal on the kit's machines), else Paddle."""
+    model_dir = Path(conf.model_config)
+    has_onnx = (model_dir / ONNX_FILE).is_file()
+    configured = EngineChoice(conf.engine, conf.use_mkldnn, conf.ir_optim)
     if device == "cpu" and conf.precision == "int8":
-        if not (Path(conf.model_config) / INT8_ONNX_FILE).is_file():
+        if not (model_dir / INT8_ONNX_FILE).is_file():
             raise ConfigError.invalid(f"{path}.precision", conf.precision, f"no {INT8_ONNX_FILE} in "
                                       f"{conf.model_config}; export with --int8 --calib-images DIR")
-        return "onnxruntime"
+        return EngineChoice("onnxruntime", conf.use_mkldnn, conf.ir_optim, "precision int8: the INT8 model on ONNX "
+                                                                           "Runtime")
     if conf.engine == "auto":
-        return "onnxruntime" if device == "cpu" and has_onnx else "paddle"
+        fastest = fastest_fp32(model_dir, conf.thread_num) if (device, conf.precision) == ("cpu", "fp32") else None
+        if fastest is not None:
+            chosen = fastest.engine.conf
+            return EngineChoice(chosen["engine"], chosen.get("use_mkldnn", conf.use_mkldnn),
+                                chosen.get("ir_optim", conf.ir_optim), fastest.reason)
+        engine = "onnxruntime" if (device, conf.precision) == ("cpu", "fp32") and has_onnx else "paddle"
+        reason = ("auto: no engine timing recorded for this machine (python -m export --measure DIR records one); "
+                  f"{engine}, the default rule") if device == "cpu" else ""
+        return EngineChoice(engine, conf.use_mkldnn, conf.ir_optim, reason)
     if conf.engine == "onnxruntime" and device == "tensorrt" and conf.precision == "int8":
         raise ConfigError.invalid(f"{path}.precision", conf.precision,
                                   "ONNX Runtime's TensorRT provider runs fp32 or fp16 here; int8 uses engine paddle")
     if conf.engine == "onnxruntime" and not has_onnx:
         raise ConfigError.invalid(f"{path}.engine", conf.engine,
                                   f"no {ONNX_FILE} in {conf.model_config}; export with --onnx")
-    return conf.engine
+    return configured
+
+
+def engine_of(conf: LocalServiceConf, device: str, path: str) -> str:
+    """The engine name `choose_engine` settles on."""
+    return choose_engine(conf, device, path).engine
 
 
 def check_against_model(conf: LocalServiceConf, model_config: GeneralModelConfig, path: str) -> None:
@@ -146,17 +175,18 @@ def settings_from_conf(conf: LocalServiceConf, model_config: GeneralModelConfig,
     device = device_of(conf)
     model_dir = Path(conf.model_config)
     shapes = dynamic_shapes(model_config, conf.max_batch_size, dynamic_shape_info, path) if device == "tensorrt" else {}
+    choice = choose_engine(conf, device, path)
     return PredictorSettings(
         model_dir=model_dir,
         device=device,
         gpu_ids=tuple(conf.gpu_ids) if device != "cpu" else (),
         thread_num=conf.thread_num,
-        use_mkldnn=conf.use_mkldnn,
+        use_mkldnn=choice.use_mkldnn,
         mkldnn_cache_capacity=conf.mkldnn_cache_capacity,
         mkldnn_op_list=tuple(conf.mkldnn_op_list or ()),
         mkldnn_bf16_op_list=tuple(conf.mkldnn_bf16_op_list or ()),
         bf16=device == "cpu" and conf.precision == "bf16",
-        ir_optim=conf.ir_optim,
+        ir_optim=choice.ir_optim,
         mem_optim=conf.mem_optim,
         precision=conf.precision,
         use_calib=conf.use_calib,
@@ -165,7 +195,8 @@ def settings_from_conf(conf: LocalServiceConf, model_config: GeneralModelConfig,
         max_batch_size=conf.max_batch_size,
         dynamic_shapes=shapes,
         trt_cache_dir=Path(conf.trt_cache_dir) if conf.trt_cache_dir else model_dir / TRT_CACHE_FOLDER,
-        engine=engine_of(conf, device, path),
+        engine=choice.engine,
+        engine_choice=choice.reason,
         cpu_spin_wait=conf.cpu_spin_wait,
         trt_fallback=conf.trt_fallback,
     )
