@@ -5,6 +5,7 @@ a trained model. The export below passes --min-agreement 0 so the figures are re
 threshold refusal is provoked with a calibration set of black images, which clips the activations of a real photo.
 """
 
+import ast
 import base64
 import json
 import shutil
@@ -19,8 +20,10 @@ import yaml
 from PIL import Image
 
 from bench.int8_speed import calibration_folder
+from clients import PipelineClient
 from export.int8 import INT8_FILE, agreement, file_list_sha256
 from export.onnx_export import run_onnx
+from pipelines.web_service import ImageService
 from serving.config import LocalServiceConf
 from serving.errors import ConfigError, LoadError
 from serving.machine import this_machine
@@ -31,7 +34,7 @@ from serving.predictor.engine_table import fastest_fp32
 from serving.predictor.settings import settings_from_conf
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.protocols.brpc_model_client import Client
-from tests.conftest import IMAGES
+from tests.conftest import IMAGES, photo_bytes
 from tests.test_model_server import image_request, output
 
 
@@ -223,3 +226,47 @@ def test_measure_times_every_engine_and_auto_follows_the_table(int8_root: Path, 
     args = parse_args(["--model", str(root / "serving_server"), "--port", "0", "--cpu_threads", "1"])
     metadata = build_service(args).find(root.name).service.metadata()
     assert metadata["engine"] == fastest.engine.conf["engine"] and metadata["engine_choice"] == fastest.reason
+
+
+def pipeline_config(int8_root: Path, where: str, server: ModelServer) -> dict:
+    """The imagenet op runs INT8 in process (precision: int8), or calls the INT8 model server over brpc or gRPC."""
+    if where == "local":
+        op = {"local_service_conf": {"model_config": str(int8_root / "serving_server"), "precision": "int8"}}
+        return {"http_port": 0, "rpc_port": 0, "op": {"imagenet": op}}
+    port = server.port if where == "brpc" else server.grpc_port
+    op = {"server_endpoints": [f"127.0.0.1:{port}"],
+          "client_config": str(int8_root / "serving_client" / "serving_client_conf.prototxt")}
+    return {"http_port": 0, "rpc_port": 0, "dag": {"client_type": where}, "op": {"imagenet": op}}
+
+
+@pytest.mark.parametrize("where", ["local", "brpc", "grpc"])
+def test_pipeline_serves_int8_over_http_and_grpc(int8_root: Path, server: ModelServer, where: str) -> None:
+    """End to end: the pipeline's REST and gRPC answers equal the INT8 model run in process, whether the op runs it
+    or the INT8 model server does (over baidu_std or gRPC); /metadata shows the precision and its agreement."""
+    images = photo_bytes()
+    card = load_card(int8_root / "serving_server")
+    probs = run_onnx(int8_root / "serving_server" / INT8_FILE, np.stack([card.transforms(data) for data in images]))
+    service = ImageService(name="imagenet")
+    service.prepare_pipeline_config(yml_dict=pipeline_config(int8_root, where, server))
+    service.start()
+    try:
+        values = [base64.b64encode(data).decode() for data in images]
+        request = urllib.request.Request(f"http://127.0.0.1:{service.http_port}/imagenet/prediction", method="POST",
+                                         data=json.dumps({"key": ["image_0", "image_1"], "value": values}).encode())
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            rest = json.loads(answer.read())
+        client = PipelineClient()
+        client.connect([f"127.0.0.1:{service.rpc_port}"])
+        rpc = client.predict(feed_dict={"image_0": values[0], "image_1": values[1]})
+        client.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{service.http_port}/metadata", timeout=10) as answer:
+            op = json.loads(answer.read())["ops"]["imagenet"]
+    finally:
+        service.stop()
+    assert rest["err_no"] == 0 and rpc.err_no == 0, (rest, rpc.err_msg)
+    result = {key: ast.literal_eval(value) for key, value in zip(rest["key"], rest["value"], strict=True)}
+    assert result == {key: ast.literal_eval(value) for key, value in zip(rpc.key, rpc.value, strict=True)}
+    assert result["label"] == [card.display_labels[index] for index in probs.argmax(axis=1)]
+    np.testing.assert_allclose(result["prob"], probs.max(axis=1), atol=1e-5)
+    if where == "local":
+        assert op["precision"] == "int8" and op["int8_held_out"] == card.int8["held_out"]
