@@ -118,7 +118,10 @@ class Op:
             self.model_config = getattr(self.predictor, "model_dir", self.model_config)
             if hasattr(self.predictor, "warm_up"):
                 self.predictor.warm_up()
-            engine_ops = getattr(self.predictor, "engine_info", {}).get("tensorrt_engine_ops")
+            engine_info = getattr(self.predictor, "engine_info", {})
+            if engine_info.get("engine_choice"):
+                log.info("op %s runs %s: %s", self.name, engine_info["engine"], engine_info["engine_choice"])
+            engine_ops = engine_info.get("tensorrt_engine_ops")
             if engine_ops is not None:  # a TensorRT op: how much of its model TensorRT took, 0 when it is off
                 metrics.TENSORRT_OPS.labels(op=self.name).set(engine_ops)
             if self.batching:
