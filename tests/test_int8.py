@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from bench.int8_speed import calibration_folder
+from bench.calibration import calibration_folder
 from export.int8 import INT8_FILE, agreement, file_list_sha256
 from export.onnx_export import run_onnx
 from serving.config import LocalServiceConf
