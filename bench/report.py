@@ -76,11 +76,17 @@ def _cell(row: dict | None) -> tuple[str, float | None]:
     return f"{fmt(row['median_ms'])} / {fmt(row['p99_ms'])}", row["median_ms"]
 
 
+# The speed-up column: INT8 over FP32 on the same engine, when a report has both columns.
+INT8_PAIR = ("onnxruntime", "onnxruntime_int8")
+
+
 def engines_markdown(report: dict) -> str:
-    """Rows model × batch size, one 'median / p99' ms column per engine, the fastest median in bold."""
+    """Rows model × batch size, one 'median / p99' ms column per engine, the fastest median in bold; with both ONNX
+    Runtime columns, a last one says how much faster INT8 is than FP32."""
     engines = report["engines"]
     by_key = {(row["model"], row["batch"], row["engine"]): row for row in report["results"]}
-    header = ["Model", "input", "bs", *engines.values()]
+    speedup = all(key in engines for key in INT8_PAIR)
+    header = ["Model", "input", "bs", *engines.values(), *(["INT8 speed-up"] if speedup else [])]
     rows = []
     for model, size in dict.fromkeys((row["model"], row["input"]) for row in report["results"]):
         for batch in report["settings"]["batches"]:
@@ -89,10 +95,15 @@ def engines_markdown(report: dict) -> str:
             best = min(medians) if len(medians) > 1 else None
             rows.append([model, str(size), str(batch),
                          *(f"**{text}**" if median is not None and median == best else text for text, median in cells)])
+            if speedup:
+                fp32, int8 = (_cell(by_key.get((model, batch, engine)))[1] for engine in INT8_PAIR)
+                rows[-1].append("–" if fp32 is None or not int8 else f"{fp32 / int8:.2f}×")
     settings = report["settings"]
     intro = (f"`LocalPredictor.predict` latency in ms, median / p99 of {settings['runs']} runs after "
              f"{settings['warmup']} warm-up runs, {settings['threads']} math threads, random float32 input; each "
-             "(model, engine) in its own process. Fastest median in bold.\n\n")
+             "(model, engine) in its own process. Fastest median in bold."
+             + (" INT8 speed-up = ONNX Runtime median ÷ ONNX Runtime INT8 median." if speedup else "")
+             + (f" INT8: {settings['int8']}." if "int8" in settings else "") + "\n\n")
     notes = [f"\n- {note}" for note in report.get("notes", [])]
     return intro + markdown_table(header, rows) + "".join(notes) + ("\n" if notes else "")
 

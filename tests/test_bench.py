@@ -80,6 +80,22 @@ def test_engines_table_has_a_row_per_model_and_batch_and_bolds_the_fastest() -> 
     assert lines[header + 3] == "| SqueezeNet1_1 | 224 | 4 | – | – | 11.4 / 12.0 |"
     assert "median / p99 of 20 runs after 5 warm-up runs, 2 math threads" in text
     assert lines[-1] == "- TensorRT: skipped, no GPU here."
+    assert "speed-up" not in text  # no INT8 column in this report
+
+
+def test_engines_table_says_how_much_faster_int8_is_than_onnx_runtime_fp32() -> None:
+    report = engines_report()
+    report["engines"]["onnxruntime_int8"] = "ONNX Runtime INT8"
+    report["results"] += [{"model": "SqueezeNet1_1", "input": 224, "engine": "onnxruntime_int8", "batch": 1,
+                           "median_ms": 1.6, "p99_ms": 2.0},
+                          {"model": "SqueezeNet1_1", "input": 224, "engine": "onnxruntime_int8", "batch": 4,
+                           "error": "worker exited with 1"}]
+    lines = engines_markdown(report).splitlines()
+    header = lines.index("| Model | input | bs | Paddle + oneDNN | Paddle, no oneDNN | ONNX Runtime "
+                         "| ONNX Runtime INT8 | INT8 speed-up |")
+    assert lines[header + 2] == "| SqueezeNet1_1 | 224 | 1 | 8.1 / 9.0 | failed | 3.2 / 3.5 | **1.6 / 2.0** | 2.00× |"
+    assert lines[header + 3] == "| SqueezeNet1_1 | 224 | 4 | – | – | 11.4 / 12.0 | failed | – |"
+    assert "INT8 speed-up = ONNX Runtime median ÷ ONNX Runtime INT8 median." in lines[0]
 
 
 def e2e_report(rows: list[dict]) -> dict:
@@ -171,7 +187,7 @@ def test_engines_end_to_end_writes_a_row_per_engine(engines_run: Path) -> None:
     report = json.loads((engines_run / "results" / "engines.json").read_text())
     assert report["command"].startswith("python -m bench engines --models SqueezeNet1_1")
     assert {"cpu", "cores", "python", "paddle", "onnxruntime"} <= set(report["machine"])
-    assert list(report["engines"])[:3] == ENGINE_KEYS
+    assert list(report["engines"])[:len(ENGINE_KEYS)] == ENGINE_KEYS
     rows = {row["engine"]: row for row in report["results"]}
     assert sorted(rows) == sorted(report["engines"]) and len(report["results"]) == len(rows)
     for row in rows.values():
@@ -180,7 +196,10 @@ def test_engines_end_to_end_writes_a_row_per_engine(engines_run: Path) -> None:
         assert 0 < row["median_ms"] <= row["p99_ms"] and row["setup_s"] > 0
     table = (engines_run / "results" / "engines.md").read_text().splitlines()
     (line,) = [line for line in table if line.startswith("| SqueezeNet1_1 | 224 | 1 |")]
-    assert len(line.split(" | ")) == 3 + len(report["engines"])
+    assert len(line.split(" | ")) == 4 + len(report["engines"])  # and the INT8 speed-up
+    assert rows["onnxruntime_int8"]["median_ms"] > 0 and line.endswith("× |")
+    assert (engines_run / "models" / "SqueezeNet1_1" / "serving_server" / "inference.int8.onnx").is_file()
+    assert "--min-agreement 0 (random weights" in report["settings"]["int8"]
     assert (engines_run / "models" / ".gitignore").read_text().splitlines()[-1] == "*"
 
 
