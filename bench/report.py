@@ -13,6 +13,12 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def engine_label(row: dict) -> str:
+    """The engine a row or settings ran, with the precision when not FP32 (reports older than --precision lack it)."""
+    precision = row.get("precision", "fp32")
+    return row["engine"] if precision == "fp32" else f"{row['engine']} {precision.upper()}"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub Markdown table; every row must have one cell per header column."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -112,7 +118,7 @@ def ceiling_markdown(report: dict) -> str:
     """A row per thread budget: images/s and p50 of preprocess, predict and total for the in-process ceiling."""
     header = ["measured before", "Model", "engine", "workers × threads", "images/s", "preprocess p50 ms",
               "predict p50 ms", "total p50 ms"]
-    rows = [[row.get("before", "—"), row["model"], row["engine"], f"{row['workers']} × {row['threads']}",
+    rows = [[row.get("before", "—"), row["model"], engine_label(row), f"{row['workers']} × {row['threads']}",
              fmt(row["images_per_s"]), fmt(row["preprocess"]["median_ms"], 2), fmt(row["predict"]["median_ms"], 2),
              fmt(row["total"]["median_ms"], 2)] for row in report["results"]]
     first = report["results"][0]
@@ -131,7 +137,7 @@ def e2e_markdown(report: dict) -> str:
              fmt(row["images_per_s"]), fmt(row["p50_ms"]), fmt(row["p90_ms"]), fmt(row["p99_ms"]), str(row["errors"]),
              fmt(row["ratio"], 2)] for row in report["results"]]
     settings = report["settings"]
-    intro = (f"{settings['model']} ({settings['engine']}), {settings['images_per_request']} image(s) per request, "
+    intro = (f"{settings['model']} ({engine_label(settings)}), {settings['images_per_request']} image(s) per request, "
              f"{settings['seconds']} s per row, closed loop; servers run {settings['workers']} concurrent predictions "
              f"× {settings['threads']} math threads. 'of ceiling' = images/s ÷ the in-process ceiling measured right "
              "before that target's server started ("
@@ -171,9 +177,9 @@ def overhead_markdown(report: dict) -> str:
              fmt(row["predict_p50_ms"], 2), fmt(row["overhead_ms"], 2), f"≤ {fmt(row['limit_ms'])}",
              "met" if row["met"] else "**missed**"] for row in report["results"]]
     ceiling = next(iter(report["ceilings"].values()))
-    intro = (f"{ceiling['model']} ({ceiling['engine']}), one 1-image request at a time: e2e p50 from the end-to-end "
-             f"table (concurrency 1), preprocess and predict p50 from the in-process ceiling with 1 worker × "
-             f"{ceiling['threads']} math threads, measured in the same run right before that target's server. "
+    intro = (f"{ceiling['model']} ({engine_label(ceiling)}), one 1-image request at a time: e2e p50 from the "
+             f"end-to-end table (concurrency 1), preprocess and predict p50 from the in-process ceiling with 1 "
+             f"worker × {ceiling['threads']} math threads, measured in the same run right before that target's server. "
              "overhead = e2e p50 − (preprocess p50 + predict p50): network, (de)serialisation, queues and threads."
              "\n\n")
     notes = [f"- {row['target']}/{row['protocol']}: negative overhead, so the machine was busier while the ceiling "
@@ -212,7 +218,7 @@ def batching_markdown(report: dict) -> str:
     settings = report["settings"]
     ratios = {row["model"]: row["ratio"] for row in report["summary"]}
     header = ["Model", "engine", "batching", "req/s", "images/s", "p50 ms", "p99 ms", "mean batch", "errors", "on/off"]
-    rows = [[row["model"], row["engine"], "on" if row["batching"] else "off", fmt(row["requests_per_s"]),
+    rows = [[row["model"], engine_label(row), "on" if row["batching"] else "off", fmt(row["requests_per_s"]),
              fmt(row["images_per_s"]), fmt(row["p50_ms"]), fmt(row["p99_ms"]), fmt(row["mean_batch"], 2),
              str(row["errors"]), fmt(ratios[row["model"]], 2) if row["batching"] else ""]
             for row in report["results"]]
@@ -236,7 +242,7 @@ def memory_markdown(report: dict) -> str:
     header = ["requests", "RSS MiB", "÷ after warm-up", "processes", "req/s in round", "errors in round"]
     rows = [[str(row["requests"]), fmt(row["rss_bytes"] / (1 << 20)), fmt(row["ratio"], 3), str(row["processes"]),
              fmt(row["requests_per_s"]), str(row["errors"])] for row in report["results"]]
-    intro = (f"{settings['model']} ({settings['engine']}) in the pipeline, op concurrency {settings['workers']} × "
+    intro = (f"{settings['model']} ({engine_label(settings)}) in the pipeline, op concurrency {settings['workers']} × "
              f"{settings['threads']} math threads; {settings['concurrency']} concurrent clients, closed loop, requests "
              f"split evenly over {' and '.join(settings['protocols'])} (each round also opens fresh connections). "
              f"RSS = {settings['rss']}, read after {settings['warmup_requests']} warm-up requests (row 0) and after "

@@ -137,6 +137,7 @@ def test_command_line_defaults_and_bad_values(capsys: pytest.CaptureFixture) -> 
     args = build_parser().parse_args(["batching"])
     assert (args.protocol, args.concurrency, args.min_requests, args.batch_size, args.batching_timeout_ms,
             len(args.models)) == ("http", 8, 200, 4, 2, 5)
+    assert args.precision == "fp32"
     args = build_parser().parse_args(["memory"])
     assert (args.model, args.requests, args.warmup_requests, args.concurrency, args.protocols, args.checkpoints) == (
         "SqueezeNet1_1", 10000, 200, 4, ["http", "grpc"], 10)
@@ -399,6 +400,19 @@ def test_e2e_runs_the_model_server_over_brpc_http_and_the_open_inference_protoco
         for b, o in zip(brpc, binary, strict=True)]
     table = (out / "e2e.md").read_text()
     assert "| concurrency | brpc req/s | oip_binary req/s | oip_binary ÷ brpc | target | met |" in table
+
+
+def test_e2e_with_precision_int8_serves_and_measures_the_int8_twin(engines_run: Path) -> None:
+    out = bench(engines_run, "e2e", "--precision", "int8", "--targets", "model_server", "--protocols", "brpc",
+                "--concurrency", "2", "--seconds", "0.5", "--workers", "1")
+    report = json.loads((out / "e2e.json").read_text())
+    assert (report["settings"]["engine"], report["settings"]["precision"]) == ("onnxruntime", "int8")
+    assert "--precision int8" in report["settings"]["model_server"]
+    (row,) = report["results"]
+    assert row["errors"] == 0 and row["requests"] > 0, row
+    ceilings = json.loads((out / "ceiling.json").read_text())["results"]
+    assert [ceiling["precision"] for ceiling in ceilings] == ["int8"]
+    assert "| model_server | SqueezeNet1_1 | onnxruntime INT8 | 1 × 2 |" in (out / "ceiling.md").read_text()
 
 
 def test_oip_binary_ratio_pairs_rows_of_the_same_concurrency() -> None:
