@@ -1,4 +1,4 @@
-"""`python -m bench engines | ceiling | e2e | all | batching | memory`: docs/performance.md's tables.
+"""`python -m bench engines | ceiling | e2e | all | int8-e2e | batching | memory`: docs/performance.md's tables.
 
     python -m bench engines [--models ...] [--batches 1 4 8] [--runs 20] [--warmup 5] [--threads 2]
     python -m bench ceiling [--model SqueezeNet1_1] [--engine auto] [--workers 2] [--seconds 5]
@@ -6,6 +6,8 @@
                         [--concurrency 1 2 4 8 16] [--seconds 5] [--images 1]
     python -m bench e2e --targets model_server --input tensor --protocols brpc http oip_json oip_binary oip_grpc
     python -m bench e2e --precision int8   (also ceiling, all, batching, memory: the export's INT8 twin)
+    python -m bench int8-e2e [--models SqueezeNet1_1 AlexNet] [--protocol grpc] [--concurrency 8] [--rounds 2]
+                             [--seconds 5]
     python -m bench all [every option above]
     python -m bench batching [--models ...] [--protocol http] [--concurrency 8] [--seconds 5]
                              [--min-requests 200] [--batch-size 4] [--batching-timeout-ms 2]
@@ -39,6 +41,7 @@ from bench.e2e import (
     write_overhead,
 )
 from bench.engines import run_engines, write_engines
+from bench.int8_e2e import run_int8_e2e, write_int8_e2e
 from bench.memory import run_memory, write_memory
 from bench.models import DEFAULT_MODELS_DIR, DEFAULT_RESULTS_DIR, MODEL_NAMES, WorkerError
 from bench.report import machine_info, write_readme
@@ -75,7 +78,7 @@ def _option_groups() -> dict[str, argparse.ArgumentParser]:
     """Option sets shared between subcommands (`all` takes those of engines, ceiling and e2e)."""
     groups = {name: argparse.ArgumentParser(add_help=False)
               for name in ("common", "models", "engines", "model", "budget", "precision", "seconds", "images", "e2e",
-                           "batching", "memory")}
+                           "int8_e2e", "batching", "memory")}
     groups["common"].add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR, help="results folder")
     groups["common"].add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
                                   help="exported-model cache, reused when complete")
@@ -94,9 +97,10 @@ def _option_groups() -> dict[str, argparse.ArgumentParser]:
                                      help="int8: the servers and the ceiling run the export's INT8 twin on ONNX "
                                           "Runtime (exported with --int8 into the cache when missing)")
     groups["seconds"].add_argument("--seconds", type=positive_float, default=5.0,
-                                   help="measured seconds per ceiling/e2e row (batching: the least per row)")
+                                   help="measured seconds per ceiling/e2e/int8-e2e row (batching: the least per row)")
     groups["images"].add_argument("--images", type=positive, default=1, help="images per request")
     _e2e_options(groups["e2e"])
+    _int8_e2e_options(groups["int8_e2e"])
     _batching_options(groups["batching"])
     _memory_options(groups["memory"])
     return groups
@@ -112,6 +116,15 @@ def _e2e_options(group: argparse.ArgumentParser) -> None:
     group.add_argument("--input", choices=INPUTS, default="jpeg",
                        help="jpeg: the image file, preprocessed by the server; tensor: the model server's FP32 input, "
                             "preprocessed once by the load generator (model_server only)")
+
+
+def _int8_e2e_options(group: argparse.ArgumentParser) -> None:
+    """The models and the saturating gRPC load of issue 15's INT8-over-FP32 comparison."""
+    group.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=["SqueezeNet1_1", "AlexNet"])
+    group.add_argument("--protocol", choices=TARGET_PROTOCOLS["pipeline"], default="grpc")
+    group.add_argument("--concurrency", type=positive, default=8, help="concurrent clients (saturating)")
+    group.add_argument("--rounds", type=positive, default=2,
+                       help="rounds of both precisions, alternating which goes first, to cancel drift")
 
 
 def _batching_options(group: argparse.ArgumentParser) -> None:
@@ -144,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     serving = ("common", "model", "budget", "precision", "seconds")
     uses = {"engines": ("common", "models", "engines"), "ceiling": serving, "e2e": (*serving, "images", "e2e"),
             "all": (*serving, "models", "engines", "images", "e2e"),
+            "int8-e2e": ("common", "budget", "seconds", "images", "int8_e2e"),
             "batching": ("common", "models", "budget", "precision", "seconds", "images", "batching"),
             "memory": ("common", "model", "budget", "precision", "memory")}
     for name, parents in uses.items():
@@ -206,6 +220,11 @@ def cmd_all(args: argparse.Namespace, command: str) -> list[Path]:
     return cmd_engines(args, command) + cmd_e2e(args, command)
 
 
+def cmd_int8_e2e(args: argparse.Namespace, command: str) -> list[Path]:
+    """int8_e2e.json + int8_e2e.md."""
+    return write_int8_e2e(_stamp(run_int8_e2e(args), command), args.out)
+
+
 def cmd_batching(args: argparse.Namespace, command: str) -> list[Path]:
     """batching.json + batching.md."""
     return write_batching(_stamp(run_batching(args), command), args.out)
@@ -216,8 +235,8 @@ def cmd_memory(args: argparse.Namespace, command: str) -> list[Path]:
     return write_memory(_stamp(run_memory(args), command), args.out)
 
 
-COMMANDS = {"engines": cmd_engines, "ceiling": cmd_ceiling, "e2e": cmd_e2e, "all": cmd_all, "batching": cmd_batching,
-            "memory": cmd_memory}
+COMMANDS = {"engines": cmd_engines, "ceiling": cmd_ceiling, "e2e": cmd_e2e, "all": cmd_all, "int8-e2e": cmd_int8_e2e,
+            "batching": cmd_batching, "memory": cmd_memory}
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:

@@ -255,8 +255,34 @@ def memory_markdown(report: dict) -> str:
     return intro + markdown_table(header, rows) + outcome + ("\n" + "".join(errors) if errors else "")
 
 
+def int8_e2e_markdown(report: dict) -> str:
+    """A row per model (pooled FP32 and INT8 req/s, their ratio against the target), then every round's row."""
+    settings = report["settings"]
+    header = ["Model", "FP32 req/s", "INT8 req/s", "INT8 ÷ FP32", "target", "met", "errors"]
+    rows = [[row["model"], fmt(row["fp32_requests_per_s"]), fmt(row["int8_requests_per_s"]), fmt(row["ratio"], 2),
+             f"≥ {fmt(row['min_ratio'], 1)}", "yes" if row["met"] else "**no**", str(row["errors"])]
+            for row in report["summary"]]
+    round_header = ["Model", "round", "precision", "engine", "model file", "req/s", "images/s", "p50 ms", "p99 ms",
+                    "errors"]
+    round_rows = [[row["model"], str(row["round"]), row["precision"].upper(), row["engine"], row["model_file"],
+                   fmt(row["requests_per_s"]), fmt(row["images_per_s"]), fmt(row["p50_ms"]), fmt(row["p99_ms"]),
+                   str(row["errors"])] for row in report["results"]]
+    intro = (f"`{report['command']}`: pipeline over {settings['protocol']}, "
+             f"{settings['concurrency']} concurrent clients (closed loop, saturating), "
+             f"{settings['images_per_request']} image(s) per request, op concurrency {settings['workers']} × "
+             f"{settings['threads']} math threads, FP32 and INT8 servers alternating over "
+             f"{settings['rounds']} round(s) ({settings['order']}); each row {settings['warmup_s']} s warm-up, then "
+             f"{settings['seconds']} s. req/s per precision = its requests ÷ its rows' summed wall time. met: "
+             f"INT8 ÷ FP32 ≥ {settings['min_ratio']} with no errors. INT8: {settings['int8']}.\n\n")
+    errors = [f"- {row['model']} {row['precision'].upper()} round {row['round']}: first error: {row['first_error']}\n"
+              for row in report["results"] if row["errors"]]
+    return (intro + markdown_table(header, rows) + "\nEach round:\n\n" + markdown_table(round_header, round_rows)
+            + ("\n" + "".join(errors) if errors else ""))
+
+
 SECTIONS = (("engines", "Engines"), ("ceiling", "In-process ceiling"), ("e2e", "End to end"),
-            ("overhead", "Overhead at concurrency 1"), ("batching", "Dynamic batching"), ("memory", "Memory"),
+            ("overhead", "Overhead at concurrency 1"), ("int8_e2e", "INT8 against FP32, end to end"),
+            ("batching", "Dynamic batching"), ("memory", "Memory"),
             ("ray_scale", "Ray Serve scaling"))
 
 
