@@ -1,10 +1,13 @@
-"""`python -m bench engines | ceiling | e2e | all | batching | memory`: docs/performance.md's tables.
+"""`python -m bench engines | ceiling | e2e | all | int8-e2e | batching | memory`: docs/performance.md's tables.
 
     python -m bench engines [--models ...] [--batches 1 4 8] [--runs 20] [--warmup 5] [--threads 2]
     python -m bench ceiling [--model SqueezeNet1_1] [--engine auto] [--workers 2] [--seconds 5]
     python -m bench e2e [--protocols http grpc brpc] [--targets pipeline model_server]
                         [--concurrency 1 2 4 8 16] [--seconds 5] [--images 1]
     python -m bench e2e --targets model_server --input tensor --protocols brpc http oip_json oip_binary oip_grpc
+    python -m bench e2e --precision int8   (also ceiling, all, batching, memory: the export's INT8 twin)
+    python -m bench int8-e2e [--models SqueezeNet1_1 AlexNet] [--protocol grpc] [--concurrency 8] [--rounds 2]
+                             [--seconds 5]
     python -m bench all [every option above]
     python -m bench batching [--models ...] [--protocol http] [--concurrency 8] [--seconds 5]
                              [--min-requests 200] [--batch-size 4] [--batching-timeout-ms 2]
@@ -26,7 +29,7 @@ import warnings
 from pathlib import Path
 
 from bench.batching import run_batching, write_batching
-from bench.ceiling import resolved_budget, run_ceilings, write_ceiling
+from bench.ceiling import run_ceilings, served_model, write_ceiling
 from bench.e2e import (
     INPUTS,
     OIP_PROTOCOLS,
@@ -38,8 +41,9 @@ from bench.e2e import (
     write_overhead,
 )
 from bench.engines import run_engines, write_engines
+from bench.int8_e2e import run_int8_e2e, write_int8_e2e
 from bench.memory import run_memory, write_memory
-from bench.models import DEFAULT_MODELS_DIR, DEFAULT_RESULTS_DIR, MODEL_NAMES, WorkerError, ensure_model
+from bench.models import DEFAULT_MODELS_DIR, DEFAULT_RESULTS_DIR, MODEL_NAMES, WorkerError
 from bench.report import machine_info, write_readme
 from bench.servers import TARGETS, Budget, ServerError
 from export.errors import ExportError
@@ -73,8 +77,8 @@ def positive_float(text: str) -> float:
 def _option_groups() -> dict[str, argparse.ArgumentParser]:
     """Option sets shared between subcommands (`all` takes those of engines, ceiling and e2e)."""
     groups = {name: argparse.ArgumentParser(add_help=False)
-              for name in ("common", "models", "engines", "model", "budget", "seconds", "images", "e2e", "batching",
-                           "memory")}
+              for name in ("common", "models", "engines", "model", "budget", "precision", "seconds", "images", "e2e",
+                           "int8_e2e", "batching", "memory")}
     groups["common"].add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR, help="results folder")
     groups["common"].add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
                                   help="exported-model cache, reused when complete")
@@ -89,10 +93,14 @@ def _option_groups() -> dict[str, argparse.ArgumentParser]:
                                   help="engine of the ceiling and the servers (auto: as the servers resolve it)")
     groups["budget"].add_argument("--workers", type=positive, default=2,
                                   help="concurrent predictions: ceiling threads, op concurrency, model server --thread")
+    groups["precision"].add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                                     help="int8: the servers and the ceiling run the export's INT8 twin on ONNX "
+                                          "Runtime (exported with --int8 into the cache when missing)")
     groups["seconds"].add_argument("--seconds", type=positive_float, default=5.0,
-                                   help="measured seconds per ceiling/e2e row (batching: the least per row)")
+                                   help="measured seconds per ceiling/e2e/int8-e2e row (batching: the least per row)")
     groups["images"].add_argument("--images", type=positive, default=1, help="images per request")
     _e2e_options(groups["e2e"])
+    _int8_e2e_options(groups["int8_e2e"])
     _batching_options(groups["batching"])
     _memory_options(groups["memory"])
     return groups
@@ -108,6 +116,15 @@ def _e2e_options(group: argparse.ArgumentParser) -> None:
     group.add_argument("--input", choices=INPUTS, default="jpeg",
                        help="jpeg: the image file, preprocessed by the server; tensor: the model server's FP32 input, "
                             "preprocessed once by the load generator (model_server only)")
+
+
+def _int8_e2e_options(group: argparse.ArgumentParser) -> None:
+    """The models and the saturating gRPC load of issue 15's INT8-over-FP32 comparison."""
+    group.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=["SqueezeNet1_1", "AlexNet"])
+    group.add_argument("--protocol", choices=TARGET_PROTOCOLS["pipeline"], default="grpc")
+    group.add_argument("--concurrency", type=positive, default=8, help="concurrent clients (saturating)")
+    group.add_argument("--rounds", type=positive, default=2,
+                       help="rounds of both precisions, alternating which goes first, to cancel drift")
 
 
 def _batching_options(group: argparse.ArgumentParser) -> None:
@@ -137,11 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    serving = ("common", "model", "budget", "seconds")
+    serving = ("common", "model", "budget", "precision", "seconds")
     uses = {"engines": ("common", "models", "engines"), "ceiling": serving, "e2e": (*serving, "images", "e2e"),
             "all": (*serving, "models", "engines", "images", "e2e"),
-            "batching": ("common", "models", "budget", "seconds", "images", "batching"),
-            "memory": ("common", "model", "budget", "memory")}
+            "int8-e2e": ("common", "budget", "seconds", "images", "int8_e2e"),
+            "batching": ("common", "models", "budget", "precision", "seconds", "images", "batching"),
+            "memory": ("common", "model", "budget", "precision", "memory")}
     for name, parents in uses.items():
         commands.add_parser(name, parents=[groups[group] for group in parents],
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -162,12 +180,6 @@ def _stamp(report: dict, command: str) -> dict:
     return {"command": command, "machine": machine_info(), **report}
 
 
-def _served_model(args: argparse.Namespace) -> tuple[Path, Budget]:
-    """Export if needed and resolve the engine: (serving_server folder, thread budget)."""
-    server_dir = ensure_model(args.model, args.models_dir)
-    return server_dir, resolved_budget(args.engine, args.workers, args.threads, server_dir)
-
-
 def _ceilings(args: argparse.Namespace, server_dir: Path, budget: Budget) -> list[dict]:
     """Measure the ceilings (budget, then 1 worker) and say what they were."""
     ceilings = run_ceilings(args.model, server_dir, budget, args.seconds)
@@ -186,12 +198,12 @@ def cmd_engines(args: argparse.Namespace, command: str) -> list[Path]:
 
 def cmd_ceiling(args: argparse.Namespace, command: str) -> list[Path]:
     """ceiling.json + ceiling.md."""
-    return write_ceiling(_stamp({"results": _ceilings(args, *_served_model(args))}, command), args.out)
+    return write_ceiling(_stamp({"results": _ceilings(args, *served_model(args.model, args))}, command), args.out)
 
 
 def cmd_e2e(args: argparse.Namespace, command: str) -> list[Path]:
     """ceiling, e2e (+ plots) and overhead files of one run; the ceilings are measured before each target."""
-    server_dir, budget = _served_model(args)
+    server_dir, budget = served_model(args.model, args)
     e2e = _stamp(run_e2e(args, server_dir, budget, lambda: _ceilings(args, server_dir, budget)), command)
     measured = [{**ceiling, "before": target} for target, ceilings in e2e["ceilings"].items() for ceiling in ceilings]
     paths = write_ceiling(_stamp({"results": measured}, command), args.out)
@@ -208,6 +220,11 @@ def cmd_all(args: argparse.Namespace, command: str) -> list[Path]:
     return cmd_engines(args, command) + cmd_e2e(args, command)
 
 
+def cmd_int8_e2e(args: argparse.Namespace, command: str) -> list[Path]:
+    """int8_e2e.json + int8_e2e.md."""
+    return write_int8_e2e(_stamp(run_int8_e2e(args), command), args.out)
+
+
 def cmd_batching(args: argparse.Namespace, command: str) -> list[Path]:
     """batching.json + batching.md."""
     return write_batching(_stamp(run_batching(args), command), args.out)
@@ -218,8 +235,8 @@ def cmd_memory(args: argparse.Namespace, command: str) -> list[Path]:
     return write_memory(_stamp(run_memory(args), command), args.out)
 
 
-COMMANDS = {"engines": cmd_engines, "ceiling": cmd_ceiling, "e2e": cmd_e2e, "all": cmd_all, "batching": cmd_batching,
-            "memory": cmd_memory}
+COMMANDS = {"engines": cmd_engines, "ceiling": cmd_ceiling, "e2e": cmd_e2e, "all": cmd_all, "int8-e2e": cmd_int8_e2e,
+            "batching": cmd_batching, "memory": cmd_memory}
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:

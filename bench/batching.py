@@ -7,10 +7,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench.ceiling import resolved_budget
+from bench.ceiling import served_model
 from bench.e2e import result_row
 from bench.load import LoadResult, Payloads, build_payloads, drive
-from bench.models import SAMPLE_IMAGE, SAMPLE_IMAGE_NAME, ensure_model
+from bench.models import SAMPLE_IMAGE, SAMPLE_IMAGE_NAME
 from bench.report import batching_markdown, write_outputs
 from bench.scrape import mean_batch, scrape
 from bench.servers import Server, running
@@ -45,8 +45,7 @@ def op_keys(args: argparse.Namespace, batching: bool) -> dict:
 
 def run_model(model: str, args: argparse.Namespace, workdir: Path, bar: tqdm) -> list[dict]:
     """Batching off, then on, each in a fresh pipeline: two rows for `model`."""
-    server_dir = ensure_model(model, args.models_dir)
-    budget = resolved_budget(args.engine, args.workers, args.threads, server_dir)
+    server_dir, budget = served_model(model, args)
     payloads = build_payloads(SAMPLE_IMAGE.read_bytes(), args.images, server_dir)
     rows = []
     for batching in (False, True):
@@ -55,8 +54,8 @@ def run_model(model: str, args: argparse.Namespace, workdir: Path, bar: tqdm) ->
             result, mean_batch = measure(server, payloads, args)
         row = result_row(("pipeline", args.protocol, args.concurrency), result, args.images, 0.0)
         del row["ratio"]  # no ceiling here: the on/off ratio goes to the summary
-        rows.append({"model": model, "engine": budget.engine, "batching": batching, **row, "mean_batch": mean_batch,
-                     **op_keys(args, batching)})
+        rows.append({"model": model, "engine": budget.engine, "precision": budget.precision, "batching": batching,
+                     **row, "mean_batch": mean_batch, **op_keys(args, batching)})
         bar.update()
     return rows
 

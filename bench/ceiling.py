@@ -1,9 +1,10 @@
 """`ceiling`: the most a server could do with its thread budget — decode, preprocess and predict in one process."""
 
+import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from bench.models import SAMPLE_IMAGE, SAMPLE_IMAGE_NAME, run_worker
+from bench.models import SAMPLE_IMAGE, SAMPLE_IMAGE_NAME, ensure_model, run_worker
 from bench.report import ceiling_markdown, write_outputs
 from bench.servers import Budget
 from bench.stats import rate, summarize
@@ -13,10 +14,17 @@ from serving.predictor.settings import engine_of
 WARMUP_S = 1.0
 
 
-def resolved_budget(engine: str, workers: int, threads: int, server_dir: Path) -> Budget:
-    """Resolve `auto` the way the servers will (ONNX Runtime when the export has an ONNX file), so tables name it."""
-    conf = LocalServiceConf(model_config=str(server_dir), engine=engine)
-    return Budget(engine_of(conf, "cpu", "--engine"), workers, threads)
+def resolved_budget(engine: str, workers: int, threads: int, server_dir: Path, precision: str = "fp32") -> Budget:
+    """Resolve `auto` the way the servers will (ONNX Runtime when the export has an ONNX file, always for INT8), so
+    tables name it."""
+    conf = LocalServiceConf(model_config=str(server_dir), engine=engine, precision=precision)
+    return Budget(engine_of(conf, "cpu", "--engine"), workers, threads, precision)
+
+
+def served_model(model: str, args: argparse.Namespace) -> tuple[Path, Budget]:
+    """Export if needed (with the INT8 twin for --precision int8) and resolve the engine: (serving_server, budget)."""
+    server_dir = ensure_model(model, args.models_dir, int8=args.precision == "int8")
+    return server_dir, resolved_budget(args.engine, args.workers, args.threads, server_dir, args.precision)
 
 
 def run_ceiling(model: str, server_dir: Path, budget: Budget, seconds: float) -> dict:
@@ -25,8 +33,8 @@ def run_ceiling(model: str, server_dir: Path, budget: Budget, seconds: float) ->
             "image": str(SAMPLE_IMAGE), "seconds": seconds, "warmup_s": min(WARMUP_S, seconds)}
     raw = run_worker(spec)
     stages = {stage: summarize(raw[f"{stage}_ms"]) for stage in ("preprocess", "predict", "total")}
-    return {"model": model, "engine": budget.engine, "workers": budget.workers, "threads": budget.threads,
-            "image": SAMPLE_IMAGE_NAME, "seconds": seconds, "count": raw["count"],
+    return {"model": model, "engine": budget.engine, "precision": budget.precision, "workers": budget.workers,
+            "threads": budget.threads, "image": SAMPLE_IMAGE_NAME, "seconds": seconds, "count": raw["count"],
             "wall_s": raw["wall_s"], "images_per_s": rate(raw["count"], raw["wall_s"]), **stages}
 
 

@@ -98,17 +98,18 @@ def run_e2e(args: argparse.Namespace, server_dir: Path, budget: Budget,
                     where = (target, protocol, server.endpoints[protocol], server.endpoints["http"])
                     rows += _measure_protocol(where, payloads, args, ceilings[target][0]["images_per_s"], bar)
     return {
-        "settings": {"model": args.model, "engine": budget.engine, "workers": budget.workers,
+        "settings": {"model": args.model, "engine": budget.engine, "precision": budget.precision,
+                     "workers": budget.workers,
                      "threads": budget.threads, "seconds": args.seconds, "concurrency": args.concurrency,
                      "images_per_request": args.images, "image": SAMPLE_IMAGE_NAME, "input": args.input,
                      "load": "closed loop from one process; HTTP keep-alive and one gRPC channel per worker thread, "
                              "brpc via predict_async on one event loop",
-                     "pipeline": f"op concurrency {budget.workers}, thread_num {budget.threads}, gRPC worker_num "
-                                 f"{max(args.concurrency)}",
+                     "pipeline": f"op concurrency {budget.workers}, thread_num {budget.threads}, precision "
+                                 f"{budget.precision}, gRPC worker_num {max(args.concurrency)}",
                      "pipeline_procs": f"build_dag_each_worker: {budget.workers} worker processes sharing the ports, "
-                                       f"op concurrency 1, thread_num {budget.threads}",
-                     "model_server": f"--thread {budget.workers} --cpu_threads {budget.threads} --use_mkldnn "
-                                     "--ir_optim"},
+                                       f"op concurrency 1, thread_num {budget.threads}, precision {budget.precision}",
+                     "model_server": f"--thread {budget.workers} --cpu_threads {budget.threads} --precision "
+                                     f"{budget.precision} --use_mkldnn --ir_optim"},
         "ceilings": ceilings,
         "results": rows,
         "oip_binary_vs_brpc": oip_binary_vs_brpc(rows),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench.models import WorkerError, ensure_model, gpu_available, input_size, run_worker
+from bench.models import INT8_MIN_AGREEMENT, WorkerError, ensure_model, gpu_available, input_size, run_worker
 from bench.report import engines_markdown, write_outputs
 from bench.stats import summarize
 
@@ -25,6 +25,7 @@ CPU_ENGINES = (
     Engine("paddle_onednn", "Paddle + oneDNN", {"engine": "paddle", "use_mkldnn": True, "ir_optim": True}),
     Engine("paddle", "Paddle, no oneDNN", {"engine": "paddle", "use_mkldnn": False, "ir_optim": True}),
     Engine("onnxruntime", "ONNX Runtime", {"engine": "onnxruntime"}),
+    Engine("onnxruntime_int8", "ONNX Runtime INT8", {"engine": "onnxruntime", "precision": "int8"}),
 )
 GPU_ENGINES = tuple(
     Engine(f"tensorrt_{precision}", f"TensorRT {precision.upper()}",
@@ -51,8 +52,8 @@ def measure(model: str, server_dir: Path, engine: Engine, args: argparse.Namespa
 
 
 def run_engines(args: argparse.Namespace) -> dict:
-    """Export what is missing, then time every (model, engine) pair; returns the report written to engines.json."""
-    server_dirs = {model: ensure_model(model, args.models_dir) for model in args.models}
+    """Export what is missing (INT8 twins too), then time every (model, engine) pair; returns engines.json's report."""
+    server_dirs = {model: ensure_model(model, args.models_dir, int8=True) for model in args.models}
     gpu = gpu_available()
     engines = CPU_ENGINES + (GPU_ENGINES if gpu else ())
     pairs = [(model, engine) for model in args.models for engine in engines]
@@ -64,7 +65,9 @@ def run_engines(args: argparse.Namespace) -> dict:
     return {
         "settings": {"batches": args.batches, "runs": args.runs, "warmup": args.warmup, "threads": args.threads,
                      "timed": "LocalPredictor.predict (feed checks, copy-in, run, copy-out), random float32 input",
-                     "weights": "random-init seed 0 (latency does not depend on the weights' values)"},
+                     "weights": "random-init seed 0 (latency does not depend on the weights' values)",
+                     "int8": f"export --int8, calibrated on bench.calibration's generated folder, --min-agreement "
+                             f"{INT8_MIN_AGREEMENT:g} (random weights: agreement with FP32 means nothing)"},
         "engines": {engine.key: engine.label for engine in engines},
         "notes": [] if gpu else [NO_GPU_NOTE],
         "results": results,

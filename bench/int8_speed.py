@@ -8,29 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
-from PIL import Image, ImageEnhance, ImageOps
 
+from bench.calibration import calibration_folder
 from bench.models import DEFAULT_MODELS_DIR, DEFAULT_RESULTS_DIR, ensure_model, input_size
 from bench.report import write_outputs
-from export import SAMPLE_IMAGES
 from export.int8 import INT8_FILE, METHOD, quantize
 from export.onnx_export import ONNX_FILE
 
 COMMAND = "python -m bench.int8_speed"
-
-
-def calibration_folder(folder: Path) -> Path:
-    """14 crops, flips and colour shifts of the bundled photos: enough to calibrate, as latency ignores the weights."""
-    for index, path in enumerate(sorted(SAMPLE_IMAGES.iterdir())):
-        image = Image.open(path).convert("RGB")
-        width, height = image.size
-        three_quarters, quarter = (width * 3 // 4, height * 3 // 4), (width // 4, height // 4)
-        crops = image.crop((0, 0, *three_quarters)), image.crop((*quarter, width, height))
-        for number, variant in enumerate((image, ImageOps.mirror(image), ImageOps.flip(image), *crops,
-                                          ImageEnhance.Color(image).enhance(0.3),
-                                          ImageEnhance.Brightness(image).enhance(1.3))):
-            variant.save(folder / f"{index}_{number}.jpg")
-    return folder
 
 
 def session(path: Path, threads: int) -> onnxruntime.InferenceSession:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench.ceiling import resolved_budget
+from bench.ceiling import served_model
 from bench.load import LoadResult, Payloads, build_payloads, drive
-from bench.models import SAMPLE_IMAGE, ensure_model
+from bench.models import SAMPLE_IMAGE
 from bench.report import memory_markdown, write_outputs
 from bench.servers import Server, running
 from bench.stats import rate
@@ -97,8 +97,7 @@ def measure(server: Server, payloads: Payloads, args: argparse.Namespace) -> lis
 
 def run_memory(args: argparse.Namespace) -> dict:
     """One pipeline serving `args.model`; returns the memory.json report."""
-    server_dir = ensure_model(args.model, args.models_dir)
-    budget = resolved_budget(args.engine, args.workers, args.threads, server_dir)
+    server_dir, budget = served_model(args.model, args)
     payloads = build_payloads(SAMPLE_IMAGE.read_bytes(), 1, server_dir)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, \
             running("pipeline", server_dir, budget, Path(tmp), args.concurrency) as server:
@@ -106,7 +105,8 @@ def run_memory(args: argparse.Namespace) -> dict:
     for row in readings:
         row["ratio"] = row["rss_bytes"] / readings[0]["rss_bytes"] if readings[0]["rss_bytes"] else None
     ratio = readings[-1]["ratio"]
-    return {"settings": {"model": args.model, "engine": budget.engine, "workers": budget.workers,
+    return {"settings": {"model": args.model, "engine": budget.engine, "precision": budget.precision,
+                         "workers": budget.workers,
                          "threads": budget.threads, "protocols": args.protocols, "concurrency": args.concurrency,
                          "requests": args.requests, "warmup_requests": args.warmup_requests,
                          "checkpoints": args.checkpoints, "max_ratio": MAX_RATIO,

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.calibration import calibration_folder
 from export import SAMPLE_IMAGES
 from serving.model_config import SERVER_CONF, read_config
+from serving.predictor.settings import INT8_ONNX_FILE
 
 MODEL_NAMES = ("AlexNet", "SqueezeNet1_0", "SqueezeNet1_1", "DarkNet53", "SENet154_vd")
 # Caches and results are relative to the working directory: in a checkout's root they are bench/models and
@@ -24,6 +26,11 @@ EXPORT_SEED = 0
 WORKER_TIMEOUT_S = 3600
 # Files an export writes last or only with --onnx: their presence means a complete, usable cache entry.
 COMPLETE_MARKERS = ("serving_server/inference.onnx", "serving_server/" + SERVER_CONF, "model_card.yaml")
+# What an INT8 benchmark needs on top: the quantized twin (`--int8`); a cache without it is exported again.
+INT8_MARKER = "serving_server/" + INT8_ONNX_FILE
+# Random weights give arbitrary near-one-hot outputs, so INT8's agreement with FP32 says nothing about the
+# quantizer and must not fail the export; latency does not depend on the weights' values.
+INT8_MIN_AGREEMENT = 0.0
 
 
 class WorkerError(RuntimeError):
@@ -37,15 +44,17 @@ def quiet_env() -> dict[str, str]:
     return env
 
 
-def ensure_model(name: str, models_dir: Path) -> Path:
-    """Absolute `models_dir/name/serving_server` (server configs live elsewhere), exported once (random, with ONNX)."""
+def ensure_model(name: str, models_dir: Path, int8: bool = False) -> Path:
+    """Absolute `models_dir/name/serving_server` (server configs live elsewhere), exported once (random, with ONNX);
+    `int8`: with the INT8 twin too, re-exporting a cache made without it (same seed, so the FP32 files are alike)."""
     root = Path(models_dir).resolve() / name
-    if not all((root / marker).is_file() for marker in COMPLETE_MARKERS):
-        _export(name, root)
+    markers = COMPLETE_MARKERS + ((INT8_MARKER,) if int8 else ())
+    if not all((root / marker).is_file() for marker in markers):
+        _export(name, root, int8)
     return root / "serving_server"
 
 
-def _export(name: str, root: Path) -> None:
+def _export(name: str, root: Path, int8: bool) -> None:
     """Export in-process; the cache folder gets a `*` .gitignore so nothing in it is ever added to git."""
     from export.exporter import ExportRequest, export
 
@@ -53,9 +62,12 @@ def _export(name: str, root: Path) -> None:
     ignore = root.parent / ".gitignore"
     if not ignore.exists():
         ignore.write_text("# benchmark model cache (python -m bench): never commit\n*\n", encoding="utf-8")
-    print(f"exporting {name} into {root} (random weights, seed {EXPORT_SEED}, with ONNX) ...", file=sys.stderr)
-    with _stdout_to_stderr():
-        export(ExportRequest(model=name, out=root, random_init=EXPORT_SEED, onnx=True, force=root.exists()))
+    extra = f", INT8 (min agreement {INT8_MIN_AGREEMENT:g}: random weights)" if int8 else ""
+    print(f"exporting {name} into {root} (random weights, seed {EXPORT_SEED}, with ONNX{extra}) ...", file=sys.stderr)
+    with _stdout_to_stderr(), tempfile.TemporaryDirectory(prefix="bench-calib-") as scratch:
+        calib = calibration_folder(Path(scratch)) if int8 else None
+        export(ExportRequest(model=name, out=root, random_init=EXPORT_SEED, onnx=True, force=root.exists(),
+                             calib_images=calib, min_agreement=INT8_MIN_AGREEMENT))
 
 
 @contextmanager

@@ -13,6 +13,12 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def engine_label(row: dict) -> str:
+    """The engine a row or settings ran, with the precision when not FP32 (reports older than --precision lack it)."""
+    precision = row.get("precision", "fp32")
+    return row["engine"] if precision == "fp32" else f"{row['engine']} {precision.upper()}"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub Markdown table; every row must have one cell per header column."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -76,11 +82,17 @@ def _cell(row: dict | None) -> tuple[str, float | None]:
     return f"{fmt(row['median_ms'])} / {fmt(row['p99_ms'])}", row["median_ms"]
 
 
+# The speed-up column: INT8 over FP32 on the same engine, when a report has both columns.
+INT8_PAIR = ("onnxruntime", "onnxruntime_int8")
+
+
 def engines_markdown(report: dict) -> str:
-    """Rows model × batch size, one 'median / p99' ms column per engine, the fastest median in bold."""
+    """Rows model × batch size, one 'median / p99' ms column per engine, the fastest median in bold; with both ONNX
+    Runtime columns, a last one says how much faster INT8 is than FP32."""
     engines = report["engines"]
     by_key = {(row["model"], row["batch"], row["engine"]): row for row in report["results"]}
-    header = ["Model", "input", "bs", *engines.values()]
+    speedup = all(key in engines for key in INT8_PAIR)
+    header = ["Model", "input", "bs", *engines.values(), *(["INT8 speed-up"] if speedup else [])]
     rows = []
     for model, size in dict.fromkeys((row["model"], row["input"]) for row in report["results"]):
         for batch in report["settings"]["batches"]:
@@ -89,10 +101,15 @@ def engines_markdown(report: dict) -> str:
             best = min(medians) if len(medians) > 1 else None
             rows.append([model, str(size), str(batch),
                          *(f"**{text}**" if median is not None and median == best else text for text, median in cells)])
+            if speedup:
+                fp32, int8 = (_cell(by_key.get((model, batch, engine)))[1] for engine in INT8_PAIR)
+                rows[-1].append("–" if fp32 is None or not int8 else f"{fp32 / int8:.2f}×")
     settings = report["settings"]
     intro = (f"`LocalPredictor.predict` latency in ms, median / p99 of {settings['runs']} runs after "
              f"{settings['warmup']} warm-up runs, {settings['threads']} math threads, random float32 input; each "
-             "(model, engine) in its own process. Fastest median in bold.\n\n")
+             "(model, engine) in its own process. Fastest median in bold."
+             + (" INT8 speed-up = ONNX Runtime median ÷ ONNX Runtime INT8 median." if speedup else "")
+             + (f" INT8: {settings['int8']}." if "int8" in settings else "") + "\n\n")
     notes = [f"\n- {note}" for note in report.get("notes", [])]
     return intro + markdown_table(header, rows) + "".join(notes) + ("\n" if notes else "")
 
@@ -101,7 +118,7 @@ def ceiling_markdown(report: dict) -> str:
     """A row per thread budget: images/s and p50 of preprocess, predict and total for the in-process ceiling."""
     header = ["measured before", "Model", "engine", "workers × threads", "images/s", "preprocess p50 ms",
               "predict p50 ms", "total p50 ms"]
-    rows = [[row.get("before", "—"), row["model"], row["engine"], f"{row['workers']} × {row['threads']}",
+    rows = [[row.get("before", "—"), row["model"], engine_label(row), f"{row['workers']} × {row['threads']}",
              fmt(row["images_per_s"]), fmt(row["preprocess"]["median_ms"], 2), fmt(row["predict"]["median_ms"], 2),
              fmt(row["total"]["median_ms"], 2)] for row in report["results"]]
     first = report["results"][0]
@@ -120,7 +137,7 @@ def e2e_markdown(report: dict) -> str:
              fmt(row["images_per_s"]), fmt(row["p50_ms"]), fmt(row["p90_ms"]), fmt(row["p99_ms"]), str(row["errors"]),
              fmt(row["ratio"], 2)] for row in report["results"]]
     settings = report["settings"]
-    intro = (f"{settings['model']} ({settings['engine']}), {settings['images_per_request']} image(s) per request, "
+    intro = (f"{settings['model']} ({engine_label(settings)}), {settings['images_per_request']} image(s) per request, "
              f"{settings['seconds']} s per row, closed loop; servers run {settings['workers']} concurrent predictions "
              f"× {settings['threads']} math threads. 'of ceiling' = images/s ÷ the in-process ceiling measured right "
              "before that target's server started ("
@@ -160,9 +177,9 @@ def overhead_markdown(report: dict) -> str:
              fmt(row["predict_p50_ms"], 2), fmt(row["overhead_ms"], 2), f"≤ {fmt(row['limit_ms'])}",
              "met" if row["met"] else "**missed**"] for row in report["results"]]
     ceiling = next(iter(report["ceilings"].values()))
-    intro = (f"{ceiling['model']} ({ceiling['engine']}), one 1-image request at a time: e2e p50 from the end-to-end "
-             f"table (concurrency 1), preprocess and predict p50 from the in-process ceiling with 1 worker × "
-             f"{ceiling['threads']} math threads, measured in the same run right before that target's server. "
+    intro = (f"{ceiling['model']} ({engine_label(ceiling)}), one 1-image request at a time: e2e p50 from the "
+             f"end-to-end table (concurrency 1), preprocess and predict p50 from the in-process ceiling with 1 "
+             f"worker × {ceiling['threads']} math threads, measured in the same run right before that target's server. "
              "overhead = e2e p50 − (preprocess p50 + predict p50): network, (de)serialisation, queues and threads."
              "\n\n")
     notes = [f"- {row['target']}/{row['protocol']}: negative overhead, so the machine was busier while the ceiling "
@@ -201,7 +218,7 @@ def batching_markdown(report: dict) -> str:
     settings = report["settings"]
     ratios = {row["model"]: row["ratio"] for row in report["summary"]}
     header = ["Model", "engine", "batching", "req/s", "images/s", "p50 ms", "p99 ms", "mean batch", "errors", "on/off"]
-    rows = [[row["model"], row["engine"], "on" if row["batching"] else "off", fmt(row["requests_per_s"]),
+    rows = [[row["model"], engine_label(row), "on" if row["batching"] else "off", fmt(row["requests_per_s"]),
              fmt(row["images_per_s"]), fmt(row["p50_ms"]), fmt(row["p99_ms"]), fmt(row["mean_batch"], 2),
              str(row["errors"]), fmt(ratios[row["model"]], 2) if row["batching"] else ""]
             for row in report["results"]]
@@ -225,7 +242,7 @@ def memory_markdown(report: dict) -> str:
     header = ["requests", "RSS MiB", "÷ after warm-up", "processes", "req/s in round", "errors in round"]
     rows = [[str(row["requests"]), fmt(row["rss_bytes"] / (1 << 20)), fmt(row["ratio"], 3), str(row["processes"]),
              fmt(row["requests_per_s"]), str(row["errors"])] for row in report["results"]]
-    intro = (f"{settings['model']} ({settings['engine']}) in the pipeline, op concurrency {settings['workers']} × "
+    intro = (f"{settings['model']} ({engine_label(settings)}) in the pipeline, op concurrency {settings['workers']} × "
              f"{settings['threads']} math threads; {settings['concurrency']} concurrent clients, closed loop, requests "
              f"split evenly over {' and '.join(settings['protocols'])} (each round also opens fresh connections). "
              f"RSS = {settings['rss']}, read after {settings['warmup_requests']} warm-up requests (row 0) and after "
@@ -238,8 +255,34 @@ def memory_markdown(report: dict) -> str:
     return intro + markdown_table(header, rows) + outcome + ("\n" + "".join(errors) if errors else "")
 
 
+def int8_e2e_markdown(report: dict) -> str:
+    """A row per model (pooled FP32 and INT8 req/s, their ratio against the target), then every round's row."""
+    settings = report["settings"]
+    header = ["Model", "FP32 req/s", "INT8 req/s", "INT8 ÷ FP32", "target", "met", "errors"]
+    rows = [[row["model"], fmt(row["fp32_requests_per_s"]), fmt(row["int8_requests_per_s"]), fmt(row["ratio"], 2),
+             f"≥ {fmt(row['min_ratio'], 1)}", "yes" if row["met"] else "**no**", str(row["errors"])]
+            for row in report["summary"]]
+    round_header = ["Model", "round", "precision", "engine", "model file", "req/s", "images/s", "p50 ms", "p99 ms",
+                    "errors"]
+    round_rows = [[row["model"], str(row["round"]), row["precision"].upper(), row["engine"], row["model_file"],
+                   fmt(row["requests_per_s"]), fmt(row["images_per_s"]), fmt(row["p50_ms"]), fmt(row["p99_ms"]),
+                   str(row["errors"])] for row in report["results"]]
+    intro = (f"`{report['command']}`: pipeline over {settings['protocol']}, "
+             f"{settings['concurrency']} concurrent clients (closed loop, saturating), "
+             f"{settings['images_per_request']} image(s) per request, op concurrency {settings['workers']} × "
+             f"{settings['threads']} math threads, FP32 and INT8 servers alternating over "
+             f"{settings['rounds']} round(s) ({settings['order']}); each row {settings['warmup_s']} s warm-up, then "
+             f"{settings['seconds']} s. req/s per precision = its requests ÷ its rows' summed wall time. met: "
+             f"INT8 ÷ FP32 ≥ {settings['min_ratio']} with no errors. INT8: {settings['int8']}.\n\n")
+    errors = [f"- {row['model']} {row['precision'].upper()} round {row['round']}: first error: {row['first_error']}\n"
+              for row in report["results"] if row["errors"]]
+    return (intro + markdown_table(header, rows) + "\nEach round:\n\n" + markdown_table(round_header, round_rows)
+            + ("\n" + "".join(errors) if errors else ""))
+
+
 SECTIONS = (("engines", "Engines"), ("ceiling", "In-process ceiling"), ("e2e", "End to end"),
-            ("overhead", "Overhead at concurrency 1"), ("batching", "Dynamic batching"), ("memory", "Memory"),
+            ("overhead", "Overhead at concurrency 1"), ("int8_e2e", "INT8 against FP32, end to end"),
+            ("batching", "Dynamic batching"), ("memory", "Memory"),
             ("ray_scale", "Ray Serve scaling"))
 
 

@@ -41,10 +41,12 @@ class Budget:
     engine: str
     workers: int
     threads: int
+    precision: str = "fp32"  # int8: the export's INT8 twin on ONNX Runtime (`python -m export --int8`)
 
     def conf(self) -> dict:
         """local_service_conf keys: oneDNN and IR passes on, as the shipped config.yml has them."""
-        return {"engine": self.engine, "use_mkldnn": True, "ir_optim": True, "thread_num": self.threads}
+        return {"engine": self.engine, "precision": self.precision, "use_mkldnn": True, "ir_optim": True,
+                "thread_num": self.threads}
 
 
 def free_port() -> int:
@@ -84,7 +86,7 @@ def model_server_command(server_dir: Path, budget: Budget) -> tuple[list, dict]:
     port, grpc_port = free_port(), free_port()
     command = [sys.executable, "-m", "serving.model_server", "--model", str(server_dir), "--port", str(port),
                "--grpc_port", str(grpc_port), "--engine", budget.engine, "--thread", str(budget.workers),
-               "--cpu_threads", str(budget.threads), "--use_mkldnn", "--ir_optim"]
+               "--cpu_threads", str(budget.threads), "--precision", budget.precision, "--use_mkldnn", "--ir_optim"]
     return command, {"brpc": port, "http": port, "oip_json": port, "oip_binary": port, "oip_grpc": grpc_port}
 
 

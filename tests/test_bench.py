@@ -15,6 +15,7 @@ from bench.__main__ import build_parser, main
 from bench.batching import summarize_models
 from bench.e2e import oip_binary_vs_brpc, overhead_report, plan, result_row
 from bench.engines import CPU_ENGINES
+from bench.int8_e2e import int8_summary, round_order
 from bench.load import LoadResult, build_payloads, drive_threads
 from bench.memory import process_tree, rss_bytes, tree_rss_bytes
 from bench.models import SAMPLE_IMAGE, WorkerError, run_worker
@@ -24,6 +25,7 @@ from bench.report import (
     ceiling_markdown,
     e2e_markdown,
     engines_markdown,
+    int8_e2e_markdown,
     markdown_table,
     overhead_markdown,
     readme,
@@ -80,6 +82,22 @@ def test_engines_table_has_a_row_per_model_and_batch_and_bolds_the_fastest() -> 
     assert lines[header + 3] == "| SqueezeNet1_1 | 224 | 4 | – | – | 11.4 / 12.0 |"
     assert "median / p99 of 20 runs after 5 warm-up runs, 2 math threads" in text
     assert lines[-1] == "- TensorRT: skipped, no GPU here."
+    assert "speed-up" not in text  # no INT8 column in this report
+
+
+def test_engines_table_says_how_much_faster_int8_is_than_onnx_runtime_fp32() -> None:
+    report = engines_report()
+    report["engines"]["onnxruntime_int8"] = "ONNX Runtime INT8"
+    report["results"] += [{"model": "SqueezeNet1_1", "input": 224, "engine": "onnxruntime_int8", "batch": 1,
+                           "median_ms": 1.6, "p99_ms": 2.0},
+                          {"model": "SqueezeNet1_1", "input": 224, "engine": "onnxruntime_int8", "batch": 4,
+                           "error": "worker exited with 1"}]
+    lines = engines_markdown(report).splitlines()
+    header = lines.index("| Model | input | bs | Paddle + oneDNN | Paddle, no oneDNN | ONNX Runtime "
+                         "| ONNX Runtime INT8 | INT8 speed-up |")
+    assert lines[header + 2] == "| SqueezeNet1_1 | 224 | 1 | 8.1 / 9.0 | failed | 3.2 / 3.5 | **1.6 / 2.0** | 2.00× |"
+    assert lines[header + 3] == "| SqueezeNet1_1 | 224 | 4 | – | – | 11.4 / 12.0 | failed | – |"
+    assert "INT8 speed-up = ONNX Runtime median ÷ ONNX Runtime INT8 median." in lines[0]
 
 
 def e2e_report(rows: list[dict]) -> dict:
@@ -121,6 +139,10 @@ def test_command_line_defaults_and_bad_values(capsys: pytest.CaptureFixture) -> 
     args = build_parser().parse_args(["batching"])
     assert (args.protocol, args.concurrency, args.min_requests, args.batch_size, args.batching_timeout_ms,
             len(args.models)) == ("http", 8, 200, 4, 2, 5)
+    assert args.precision == "fp32"
+    args = build_parser().parse_args(["int8-e2e"])
+    assert (args.models, args.protocol, args.concurrency, args.rounds, args.seconds) == (
+        ["SqueezeNet1_1", "AlexNet"], "grpc", 8, 2, 5.0)
     args = build_parser().parse_args(["memory"])
     assert (args.model, args.requests, args.warmup_requests, args.concurrency, args.protocols, args.checkpoints) == (
         "SqueezeNet1_1", 10000, 200, 4, ["http", "grpc"], 10)
@@ -171,7 +193,7 @@ def test_engines_end_to_end_writes_a_row_per_engine(engines_run: Path) -> None:
     report = json.loads((engines_run / "results" / "engines.json").read_text())
     assert report["command"].startswith("python -m bench engines --models SqueezeNet1_1")
     assert {"cpu", "cores", "python", "paddle", "onnxruntime"} <= set(report["machine"])
-    assert list(report["engines"])[:3] == ENGINE_KEYS
+    assert list(report["engines"])[:len(ENGINE_KEYS)] == ENGINE_KEYS
     rows = {row["engine"]: row for row in report["results"]}
     assert sorted(rows) == sorted(report["engines"]) and len(report["results"]) == len(rows)
     for row in rows.values():
@@ -180,7 +202,10 @@ def test_engines_end_to_end_writes_a_row_per_engine(engines_run: Path) -> None:
         assert 0 < row["median_ms"] <= row["p99_ms"] and row["setup_s"] > 0
     table = (engines_run / "results" / "engines.md").read_text().splitlines()
     (line,) = [line for line in table if line.startswith("| SqueezeNet1_1 | 224 | 1 |")]
-    assert len(line.split(" | ")) == 3 + len(report["engines"])
+    assert len(line.split(" | ")) == 4 + len(report["engines"])  # and the INT8 speed-up
+    assert rows["onnxruntime_int8"]["median_ms"] > 0 and line.endswith("× |")
+    assert (engines_run / "models" / "SqueezeNet1_1" / "serving_server" / "inference.int8.onnx").is_file()
+    assert "--min-agreement 0 (random weights" in report["settings"]["int8"]
     assert (engines_run / "models" / ".gitignore").read_text().splitlines()[-1] == "*"
 
 
@@ -380,6 +405,62 @@ def test_e2e_runs_the_model_server_over_brpc_http_and_the_open_inference_protoco
         for b, o in zip(brpc, binary, strict=True)]
     table = (out / "e2e.md").read_text()
     assert "| concurrency | brpc req/s | oip_binary req/s | oip_binary ÷ brpc | target | met |" in table
+
+
+def test_e2e_with_precision_int8_serves_and_measures_the_int8_twin(engines_run: Path) -> None:
+    out = bench(engines_run, "e2e", "--precision", "int8", "--targets", "model_server", "--protocols", "brpc",
+                "--concurrency", "2", "--seconds", "0.5", "--workers", "1")
+    report = json.loads((out / "e2e.json").read_text())
+    assert (report["settings"]["engine"], report["settings"]["precision"]) == ("onnxruntime", "int8")
+    assert "--precision int8" in report["settings"]["model_server"]
+    (row,) = report["results"]
+    assert row["errors"] == 0 and row["requests"] > 0, row
+    ceilings = json.loads((out / "ceiling.json").read_text())["results"]
+    assert [ceiling["precision"] for ceiling in ceilings] == ["int8"]
+    assert "| model_server | SqueezeNet1_1 | onnxruntime INT8 | 1 × 2 |" in (out / "ceiling.md").read_text()
+
+
+def test_int8_e2e_alternates_fresh_fp32_and_int8_pipelines_and_reports_the_ratio(engines_run: Path) -> None:
+    out = bench(engines_run, "int8-e2e", "--models", "SqueezeNet1_1", "--rounds", "1", "--concurrency", "2",
+                "--seconds", "0.5")
+    report = json.loads((out / "int8_e2e.json").read_text())
+    assert report["command"].startswith("python -m bench int8-e2e --models SqueezeNet1_1")
+    rows = report["results"]
+    assert [(row["precision"], row["model_file"]) for row in rows] == [("fp32", "inference.onnx"),
+                                                                      ("int8", "inference.int8.onnx")]
+    for row in rows:
+        assert (row["model"], row["protocol"], row["concurrency"], row["engine"]) == ("SqueezeNet1_1", "grpc", 2,
+                                                                                      "onnxruntime")
+        assert row["errors"] == 0 and row["requests"] > 0, row
+    (summary,) = report["summary"]
+    assert summary["ratio"] == pytest.approx(rows[1]["requests_per_s"] / rows[0]["requests_per_s"])
+    assert summary["met"] == (summary["ratio"] >= 1.8) and summary["min_ratio"] == 1.8
+    table = (out / "int8_e2e.md").read_text()
+    assert "| Model | FP32 req/s | INT8 req/s | INT8 ÷ FP32 | target | met | errors |" in table
+    assert "## INT8 against FP32, end to end" in (out / "README.md").read_text()
+
+
+def test_int8_e2e_pools_rounds_and_misses_the_target_on_errors() -> None:
+    assert [round_order(number) for number in (1, 2, 3)] == [("fp32", "int8"), ("int8", "fp32"), ("fp32", "int8")]
+
+    def row(precision: str, number: int, requests: int, errors: int = 0) -> dict:
+        return {"model": "AlexNet", "round": number, "precision": precision, "engine": "onnxruntime",
+                "model_file": "inference.onnx", "requests": requests, "errors": errors,
+                "first_error": "err" if errors else "", "wall_s": 2.0, "requests_per_s": requests / 2.0,
+                "images_per_s": requests / 2.0, "p50_ms": 10.0, "p99_ms": 20.0}
+
+    rows = [row("fp32", 1, 100), row("int8", 1, 190), row("int8", 2, 210), row("fp32", 2, 100)]
+    (summary,) = int8_summary(rows)
+    assert (summary["fp32_requests_per_s"], summary["int8_requests_per_s"]) == (50.0, 100.0)
+    assert (summary["ratio"], summary["met"], summary["errors"]) == (2.0, True, 0)
+    (failed,) = int8_summary([*rows[:3], row("fp32", 2, 100, errors=1)])
+    assert failed["ratio"] == 2.0 and not failed["met"]
+    settings = {"protocol": "grpc", "concurrency": 8, "images_per_request": 1, "workers": 2, "threads": 2,
+                "rounds": 2, "order": "ABBA", "warmup_s": 2.0, "seconds": 5.0, "min_ratio": 1.8, "int8": "QDQ"}
+    lines = int8_e2e_markdown({"command": "python -m bench int8-e2e", "settings": settings, "results": rows,
+                               "summary": [failed]}).splitlines()
+    assert lines[0].startswith("`python -m bench int8-e2e`: pipeline over grpc, 8 concurrent clients")
+    assert "| AlexNet | 50.0 | 100.0 | 2.00 | ≥ 1.8 | **no** | 1 |" in lines
 
 
 def test_oip_binary_ratio_pairs_rows_of_the_same_concurrency() -> None:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from bench.int8_speed import calibration_folder
+from bench.calibration import calibration_folder
 from clients import PipelineClient
 from export.int8 import INT8_FILE, agreement, file_list_sha256
 from export.onnx_export import run_onnx
