@@ -10,6 +10,7 @@ from tqdm import tqdm
 from bench.models import INT8_MIN_AGREEMENT, WorkerError, ensure_model, gpu_available, input_size, run_worker
 from bench.report import engines_markdown, write_outputs
 from bench.stats import summarize
+from serving.predictor import engine_table
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,8 @@ class Engine:
     conf: dict
 
 
-CPU_ENGINES = (
-    Engine("paddle_onednn", "Paddle + oneDNN", {"engine": "paddle", "use_mkldnn": True, "ir_optim": True}),
-    Engine("paddle", "Paddle, no oneDNN", {"engine": "paddle", "use_mkldnn": False, "ir_optim": True}),
-    Engine("onnxruntime", "ONNX Runtime", {"engine": "onnxruntime"}),
-    Engine("onnxruntime_int8", "ONNX Runtime INT8", {"engine": "onnxruntime", "precision": "int8"}),
-)
+# The engines `python -m export --measure` times and `engine: auto` chooses among, in the same order.
+CPU_ENGINES = tuple(Engine(engine.key, engine.label, engine.conf) for engine in engine_table.CPU_ENGINES)
 GPU_ENGINES = tuple(
     Engine(f"tensorrt_{precision}", f"TensorRT {precision.upper()}",
            {"engine": "paddle", "device_type": 2, "devices": "0", "precision": precision, "ir_optim": True})
