@@ -10,8 +10,8 @@ import pytest
 
 from pipelines.web_service import ImageService
 from serving.errors import ConfigError
-from serving.model_server import ModelServer, build_service, parse_args
-from tests.conftest import photo_bytes
+from serving.model_server import ModelServer
+from tests.conftest import photo_bytes, running_model_server
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +21,9 @@ def model_root(squeezenet_root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def model_server(model_root: Path) -> Iterator[ModelServer]:
-    args = parse_args(["--model", str(model_root / "serving_server"), "--port", "0", "--grpc_port", "0",
-                       "--thread", "2", "--use_mkldnn", "--ir_optim"])
-    server = ModelServer(build_service(args), args).start()
-    yield server
-    server.stop()
+    with running_model_server("--model", model_root / "serving_server", "--port", "0", "--grpc_port", "0",
+                              "--thread", "2", "--use_mkldnn", "--ir_optim") as server:
+        yield server
 
 
 def classify(config: dict) -> dict:
