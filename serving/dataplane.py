@@ -21,6 +21,7 @@ from serving.logs import request_line
 log = logging.getLogger("serving.dataplane")
 
 PREDICTION_METHOD = "prediction"
+READY_TTL_S = 1.0  # readiness of dependencies is asked at most this often, however many probes come
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -70,11 +71,33 @@ class DataPlane(Generic[Req, Resp]):
         self._closing = False
         self._idle = threading.Condition()
         self._listeners: list[Callable[[bool], None]] = []
+        self._dependencies: Callable[[], list[str]] = list
+        self._checked = threading.Lock()
+        self._checked_at = -READY_TTL_S
+        self._waiting: list[str] = []
 
     @property
     def ready(self) -> bool:
         """True once the endpoint can answer and the server is not stopping."""
         return self.endpoint.ready and not self._closing
+
+    @property
+    def ready_for_traffic(self) -> bool:
+        """What readiness probes report: ready, and every dependency answers (requests are not gated on those)."""
+        return self.ready and not self.waiting_for()
+
+    def depend_on(self, waiting_for: Callable[[], list[str]]) -> None:
+        """Readiness probes also need `waiting_for()` (what does not answer yet, with why) to be empty."""
+        self._dependencies = waiting_for
+
+    def waiting_for(self) -> list[str]:
+        """The dependencies that do not answer, asked at most once per READY_TTL_S so a flood of probes costs the
+        model servers one check a second; probes running meanwhile wait for that check and share its answer."""
+        with self._checked:
+            if time.monotonic() - self._checked_at >= READY_TTL_S:
+                self._waiting = self._dependencies()
+                self._checked_at = time.monotonic()
+            return self._waiting
 
     @property
     def metadata(self) -> dict:

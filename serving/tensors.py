@@ -7,6 +7,7 @@ from enum import IntEnum
 import numpy as np
 
 from serving.errors import InputError
+from serving.proto.general_model_config_pb2 import FeedVar
 from serving.proto.general_model_service_pb2 import Tensor
 
 
@@ -119,12 +120,18 @@ def _shaped(label: str, flat: np.ndarray, shape: list[int]) -> np.ndarray:
     return flat.reshape(shape)
 
 
-def as_feed_types(feed: dict, feed_vars: list) -> dict:
+def feed_vars_by_key(feed: dict, feed_vars: list[FeedVar]) -> dict[str, FeedVar]:
+    """Feed variables by the keys a request may use (alias or name); a model with a single feed takes a lone
+    tensor under any key, as Paddle Serving does, so the cast and the predictor's check agree on it."""
+    if len(feed_vars) == 1 and len(feed) == 1:
+        return {key: feed_vars[0] for key in feed}
+    return {var.alias_name: var for var in feed_vars} | {var.name: var for var in feed_vars}
+
+
+def as_feed_types(feed: dict, feed_vars: list[FeedVar]) -> dict:
     """Numeric arrays cast to their feed's declared type within the same kind (float64 -> float32), as Paddle
     Serving's LocalPredictor does for what a preprocess returns; other mismatches are left for the check."""
-    by_key = {var.alias_name: var for var in feed_vars} | {var.name: var for var in feed_vars}
-    if len(feed_vars) == 1 and len(feed) == 1:  # one feed answers to any key, as in the predictor's check
-        by_key = {key: feed_vars[0] for key in feed}
+    by_key = feed_vars_by_key(feed, feed_vars)
     cast = {}
     for key, value in feed.items():
         target = DTYPE_OF.get(by_key[key].feed_type) if key in by_key else None

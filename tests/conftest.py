@@ -9,7 +9,9 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message="No ccache found")
@@ -18,6 +20,9 @@ import pytest  # noqa: E402
 
 import serving  # noqa: E402, F401  (sets OpenCV's pixel cap before any test module imports cv2)
 from tests.loopback_dns import LoopbackDNS  # noqa: E402
+
+if TYPE_CHECKING:
+    from serving.model_server import ModelServer
 
 DATA = Path(__file__).parent / "data"
 IMAGES = Path(__file__).parent.parent / "export" / "data" / "images"
@@ -47,6 +52,20 @@ def wait_ready(url: str, process: subprocess.Popen, seconds: float = 120, log: P
             pass
         time.sleep(0.2)
     raise AssertionError(f"{url} not ready in {seconds} s")
+
+
+@contextmanager
+def running_model_server(*flags: object) -> Iterator["ModelServer"]:
+    """A model server in this process, started from its command-line flags and stopped on leaving, even when the
+    test fails; one helper so every test starts it as `python -m serving.model_server` would."""
+    from serving.model_server import ModelServer, build_service, parse_args
+
+    args = parse_args([str(flag) for flag in flags])
+    server = ModelServer(build_service(args), args).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def reference_params(model: str) -> list[list]:

@@ -14,8 +14,9 @@ from PIL import Image
 
 from pipelines.web_service import ImageService
 from serving.images import ImageDecodeError, decode_bgr
-from serving.model_server import ModelServer, build_service, parse_args
+from serving.model_server import ModelServer
 from tests.bombs import SIDE, all_bombs
+from tests.conftest import running_model_server
 
 GROWTH_LIMIT_MB = 50
 REPORTED = {"PGM": "PPM"}  # Pillow names every Netpbm flavour PPM
@@ -38,10 +39,8 @@ def pipeline(squeezenet_root: Path) -> Iterator[ImageService]:
 
 @pytest.fixture(scope="module")
 def model_server(squeezenet_root: Path) -> Iterator[ModelServer]:
-    args = parse_args(["--model", str(squeezenet_root / "serving_server"), "--port", "0", "--thread", "1"])
-    server = ModelServer(build_service(args), args).start()
-    yield server
-    server.stop()
+    with running_model_server("--model", squeezenet_root / "serving_server", "--port", "0", "--thread", "1") as server:
+        yield server
 
 
 def peak_rss_mb() -> float:

@@ -11,8 +11,8 @@ from bench.eval import main
 from pipelines.web_service import ImageService
 from serving.classify import local_predictor
 from serving.model_card import load_card
-from serving.model_server import ModelServer, build_service, parse_args
-from tests.conftest import photo_bytes
+from serving.model_server import ModelServer
+from tests.conftest import photo_bytes, running_model_server
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +51,9 @@ def servers(squeezenet_root: Path) -> Iterator[tuple[ImageService, ModelServer]]
     pipeline.prepare_pipeline_config(yml_dict={"http_port": 0, "rpc_port": 0, "op": {"imagenet": {
         "topk": 5, "local_service_conf": {"model_config": str(squeezenet_root / "serving_server")}}}})
     pipeline.start()
-    args = parse_args(["--model", str(squeezenet_root / "serving_server"), "--port", "0"])
-    model_server = ModelServer(build_service(args), args).start()
-    yield pipeline, model_server
+    with running_model_server("--model", squeezenet_root / "serving_server", "--port", "0") as model_server:
+        yield pipeline, model_server
     pipeline.stop()
-    model_server.stop()
 
 
 @pytest.mark.parametrize("via", ["http", "grpc", "brpc"])
@@ -76,12 +74,8 @@ def test_a_served_model_that_differs_is_reported(capsys: pytest.CaptureFixture, 
 
     other = tmp_path / "other"
     export(ExportRequest(model="SqueezeNet1_1", out=other, random_init=1))
-    args = parse_args(["--model", str(other / "serving_server"), "--port", "0"])
-    server = ModelServer(build_service(args), args).start()
-    try:
+    with running_model_server("--model", other / "serving_server", "--port", "0") as server:
         code, out = run(capsys, squeezenet_root, *labelled_set, "--via", "brpc", "--endpoint",
                         f"127.0.0.1:{server.port}")
-    finally:
-        server.stop()
     assert code == 1 and "4 images via brpc; 4 differ from local prediction" in out
     assert out.count("  mismatch: img/") == 4

@@ -34,7 +34,7 @@ from serving.predictor.engine_table import fastest_fp32
 from serving.predictor.settings import settings_from_conf
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.protocols.brpc_model_client import Client
-from tests.conftest import IMAGES, photo_bytes
+from tests.conftest import IMAGES, photo_bytes, running_model_server
 from tests.test_model_server import image_request, output
 
 
@@ -57,11 +57,9 @@ def int8_root(calib_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="module")
 def server(int8_root: Path) -> Iterator[ModelServer]:
-    args = parse_args(["--model", str(int8_root / "serving_server"), "--port", "0", "--grpc_port", "0",
-                       "--precision", "int8"])
-    running = ModelServer(build_service(args), args).start()
-    yield running
-    running.stop()
+    with running_model_server("--model", int8_root / "serving_server", "--port", "0", "--grpc_port", "0",
+                              "--precision", "int8") as running:
+        yield running
 
 
 def test_card_records_calibration_figures_and_method(int8_root: Path, calib_dir: Path) -> None:

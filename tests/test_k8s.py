@@ -156,7 +156,8 @@ def test_pipeline_probes_ports_and_scraping_follow_config_yml(docs: list[dict], 
     deployment = find(docs, "Deployment", "pipeline")
     item = container(deployment, "pipeline")
     assert ports(item) == {"http": config.http_port, "grpc": config.rpc_port}
-    for probe, path in (("startupProbe", "/ready"), ("readinessProbe", "/ready"), ("livenessProbe", "/health")):
+    # /ready waits for the model servers too: a startup probe on it would restart pipelines that wait for them
+    for probe, path in (("startupProbe", "/health"), ("readinessProbe", "/ready"), ("livenessProbe", "/health")):
         assert item[probe]["httpGet"] == {"path": path, "port": "http"}, probe
         assert path in OPERATIONS
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]

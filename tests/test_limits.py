@@ -14,11 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from serving.model_server import ModelServer, build_service, parse_args
+from serving.model_server import ModelServer
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, running_model_server
 from tests.test_model_server import Connection, image_request
 from tests.test_web_service import b64, service_config
 from tests.test_workers import SleepOp, SleepService
@@ -184,11 +184,9 @@ def test_images_per_request_limit(squeezenet_root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tight_model_server(squeezenet_root: Path) -> Iterator[ModelServer]:
-    args = parse_args(["--model", str(squeezenet_root / "serving_server"), "--port", "0", "--grpc_port", "0",
-                       "--thread", "1", "--max_inflight", "1", "--max_images_per_request", "2"])
-    server = ModelServer(build_service(args), args).start()
-    yield server
-    server.stop()
+    with running_model_server("--model", squeezenet_root / "serving_server", "--port", "0", "--grpc_port", "0",
+                              "--thread", "1", "--max_inflight", "1", "--max_images_per_request", "2") as server:
+        yield server
 
 
 def test_model_server_baidu_std_beyond_max_inflight_is_elimit(tight_model_server: ModelServer) -> None:

@@ -20,7 +20,7 @@ from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.proto.brpc_meta_pb2 import RpcMeta
 from serving.protocols.baidu_std import HEADER, CompressType, FrameDecoder, compress, decompress, encode_frame
 from serving.tensors import to_array, to_tensor
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, running_model_server
 
 SERVICE = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
 
@@ -32,11 +32,9 @@ def model_dir(squeezenet_root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_dir: Path) -> Iterator[ModelServer]:
-    args = parse_args(["--model", str(model_dir), "--port", "0", "--grpc_port", "0", "--thread", "2",
-                       "--idle_timeout_s", "1.5", "--max_body_bytes", str(8 * 2**20)])
-    running = ModelServer(build_service(args), args).start()
-    yield running
-    running.stop()
+    with running_model_server("--model", model_dir, "--port", "0", "--grpc_port", "0", "--thread", "2",
+                              "--idle_timeout_s", "1.5", "--max_body_bytes", 8 * 2**20) as running:
+        yield running
 
 
 def preprocessed(model_dir: Path, images: list[bytes]) -> np.ndarray:

@@ -20,12 +20,12 @@ from tritonclient.utils import InferenceServerException
 
 from pipelines.web_service import ImageService
 from serving.model_card import load_card
-from serving.model_server import ModelServer, build_service, parse_args
+from serving.model_server import ModelServer
 from serving.proto import grpc_predict_v2_pb2 as pb
 from serving.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving.protocols.oip_models import _feed_tensor
 from serving.tensors import to_tensor
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, running_model_server
 
 MODEL = "SqueezeNet1_1"  # the model server's model, named by its card
 SERVICE = "imagenet"  # the pipeline's model: the service
@@ -46,11 +46,9 @@ def pipeline(squeezenet_root: Path) -> Iterator[ImageService]:
 
 @pytest.fixture(scope="module")
 def model_server(squeezenet_root: Path) -> Iterator[ModelServer]:
-    args = parse_args(["--model", str(squeezenet_root / "serving_server"), "--port", "0", "--grpc_port", "0",
-                       "--thread", "2"])
-    server = ModelServer(build_service(args), args).start()
-    yield server
-    server.stop()
+    with running_model_server("--model", squeezenet_root / "serving_server", "--port", "0", "--grpc_port", "0",
+                              "--thread", "2") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

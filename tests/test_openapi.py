@@ -16,9 +16,10 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from starlette.routing import Route
 
 from pipelines.web_service import ImageService
-from serving.model_server import ModelServer, build_service, parse_args
+from serving.model_server import ModelServer
 from serving.protocols import openapi
 from serving.protocols.oip import MODEL_PATH
+from tests.conftest import running_model_server
 
 TOKEN_ENV, TOKEN = "SERVING_TEST_OPENAPI_TOKEN", "openapi-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -48,11 +49,9 @@ def pipeline(squeezenet_root: Path, token: None) -> Iterator[ImageService]:
 
 @pytest.fixture(scope="module")
 def model_server(squeezenet_root: Path, token: None) -> Iterator[ModelServer]:
-    args = parse_args(["--model", str(squeezenet_root / "serving_server"), "--port", "0", "--thread", "2",
-                       "--auth_token_env", TOKEN_ENV])
-    server = ModelServer(build_service(args), args).start()
-    yield server
-    server.stop()
+    with running_model_server("--model", squeezenet_root / "serving_server", "--port", "0", "--thread", "2",
+                              "--auth_token_env", TOKEN_ENV) as server:
+        yield server
 
 
 def url(server: ImageService | ModelServer) -> str:

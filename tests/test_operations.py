@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pipelines.web_service import ImageService
+from serving.dataplane import READY_TTL_S, DataPlane, PipelineEndpoint
 from serving.pipeline import Op, WebService
 from serving.proto import pipeline_service_pb2 as pb
 from serving.proto import pipeline_service_pb2_grpc as pb_grpc
@@ -243,3 +244,14 @@ def test_metrics_count_requests_stages_and_memory(classifier: ImageService) -> N
     rss = [line for line in text.splitlines() if line.startswith("process_resident_memory_bytes ")]
     assert rss and float(rss[0].split()[1]) > 10e6
     assert get(classifier.http_port, "/nope")[0] == 404
+
+
+def test_a_flood_of_readiness_probes_asks_the_dependencies_once_a_second() -> None:
+    plane = DataPlane(PipelineEndpoint("svc"))
+    asked = []
+    plane.depend_on(lambda: asked.append(time.monotonic()) or ["op a: no model server is ready: 127.0.0.1:1"])
+    assert all(plane.waiting_for() == ["op a: no model server is ready: 127.0.0.1:1"] for _ in range(200))
+    assert len(asked) == 1
+    time.sleep(READY_TTL_S)
+    plane.waiting_for()
+    assert len(asked) == 2

@@ -2,16 +2,20 @@
 
 import base64
 import json
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pipelines.web_service import ImageService
 from serving.errors import ConfigError
-from serving.model_server import ModelServer, build_service, parse_args
-from tests.conftest import photo_bytes
+from serving.model_server import ModelServer
+from tests.conftest import free_port, photo_bytes, running_model_server
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +25,9 @@ def model_root(squeezenet_root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def model_server(model_root: Path) -> Iterator[ModelServer]:
-    args = parse_args(["--model", str(model_root / "serving_server"), "--port", "0", "--grpc_port", "0",
-                       "--thread", "2", "--use_mkldnn", "--ir_optim"])
-    server = ModelServer(build_service(args), args).start()
-    yield server
-    server.stop()
+    with running_model_server("--model", model_root / "serving_server", "--port", "0", "--grpc_port", "0",
+                              "--thread", "2", "--use_mkldnn", "--ir_optim") as server:
+        yield server
 
 
 def classify(config: dict) -> dict:
@@ -119,3 +121,50 @@ def test_batched_remote_op_passes_the_callers_log_id_and_deadline(model_root: Pa
     seen = [record for record in caplog.records if getattr(record, "protocol", "") == protocol]
     assert [record.log_id for record in seen] == [4242]
     assert 6000 < seen[0].timeout_ms < 7000, seen[0].timeout_ms
+
+
+def probe(port: int, path: str) -> tuple[int, dict | None]:
+    """GET a probe path of the pipeline: (status, JSON body or None when empty), 503 included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            status, body = answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read()
+    return status, json.loads(body) if body else None
+
+
+def grpc_health(port: int) -> int:
+    """The pipeline's gRPC health status for the whole server."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+
+
+@pytest.mark.parametrize("protocol", ["brpc", "grpc"])
+def test_a_pipeline_is_ready_once_a_model_server_of_its_remote_op_answers(model_root: Path, protocol: str) -> None:
+    """A fresh deploy: the pipeline is up before its model server, so /ready must say 503 (and why) until it is."""
+    port, grpc_port = free_port(), free_port()
+    endpoint = f"127.0.0.1:{port if protocol == 'brpc' else grpc_port}"
+    service = ImageService(name="imagenet")
+    service.prepare_pipeline_config(yml_dict={**remote_config(model_root, endpoint, client_type=protocol),
+                                              "rpc_port": 0})
+    service.start()
+    try:
+        status, body = probe(service.http_port, "/ready")
+        assert status == 503 and body["status"] == "waiting", body
+        assert len(body["not_ready"]) == 1 and f"op imagenet: no model server is ready: {endpoint}" in \
+            body["not_ready"][0], body
+        assert probe(service.http_port, "/health") == (200, {"status": "ok"})  # liveness ignores the model servers
+        assert grpc_health(service.rpc_port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert probe(service.http_port, "/v2/health/ready")[0] == 400 and \
+            probe(service.http_port, "/v2/health/live")[0] == 200
+        with running_model_server("--model", model_root / "serving_server", "--port", port, "--grpc_port", grpc_port,
+                                  "--thread", "1"):
+            deadline = time.monotonic() + 15
+            while probe(service.http_port, "/ready")[0] != 200:
+                assert time.monotonic() < deadline, probe(service.http_port, "/ready")
+                time.sleep(0.2)
+            assert probe(service.http_port, "/ready") == (200, {"status": "ok"})
+            assert grpc_health(service.rpc_port) == health_pb2.HealthCheckResponse.SERVING
+            assert probe(service.http_port, "/v2/health/ready")[0] == 200
+    finally:
+        service.stop()

@@ -30,7 +30,7 @@ from pipelines.web_service import ImageService
 from serving.config import parse_config
 from serving.errors import ConfigError, ErrorCode
 from serving.model_card import load_card
-from serving.model_server import ModelServer, build_service, parse_args, security_from_args
+from serving.model_server import ModelServer, parse_args, security_from_args
 from serving.proto import general_model_service_pb2 as gm
 from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.proto import pipeline_service_pb2 as pb
@@ -39,7 +39,7 @@ from serving.protocols.baidu_std import BrpcCode
 from serving.protocols.brpc_channel import BrpcError, Connection
 from serving.security import TokenCheck
 from serving.tensors import ElemType
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, running_model_server
 
 TLS = Path(__file__).parent / "data" / "tls"
 CERT, KEY = TLS / "localhost.crt", TLS / "localhost.key"
@@ -79,11 +79,9 @@ def pipeline(model_dir: Path) -> Iterator[ImageService]:
 
 @pytest.fixture(scope="module")
 def model_server(model_dir: Path) -> Iterator[ModelServer]:
-    args = parse_args(["--model", str(model_dir), "--port", "0", "--grpc_port", "0", "--thread", "2",
-                       "--tls_cert", str(CERT), "--tls_key", str(KEY), "--auth_token_env", ENV])
-    server = ModelServer(build_service(args), args).start()
-    yield server
-    server.stop()
+    with running_model_server("--model", model_dir, "--port", "0", "--grpc_port", "0", "--thread", "2",
+                              "--tls_cert", CERT, "--tls_key", KEY, "--auth_token_env", ENV) as server:
+        yield server
 
 
 def image_body() -> bytes:

@@ -8,7 +8,7 @@ import pytest
 from serving.errors import InputError
 from serving.proto.general_model_config_pb2 import FeedVar
 from serving.proto.general_model_service_pb2 import Tensor
-from serving.tensors import ElemType, as_feed_types, to_array, to_tensor
+from serving.tensors import ElemType, as_feed_types, feed_vars_by_key, to_array, to_tensor
 
 
 def wire(tensor: Tensor) -> Tensor:
@@ -117,3 +117,11 @@ def test_feeds_are_cast_to_the_declared_type_within_their_kind_only() -> None:
     assert single["anything"].dtype == np.float32
     text = np.array(["a"])
     assert as_feed_types({"image": text}, [image])["image"] is text
+
+
+def test_a_single_feed_takes_a_lone_tensor_under_any_key_and_several_feeds_take_alias_or_name() -> None:
+    image = FeedVar(name="x", alias_name="image", feed_type=ElemType.FP32)
+    ids = FeedVar(name="ids_0", alias_name="ids", feed_type=ElemType.INT64)
+    assert feed_vars_by_key({"anything": 0}, [image]) == {"anything": image}
+    assert feed_vars_by_key({"image": 0, "extra": 0}, [image]) == {"image": image, "x": image}
+    assert feed_vars_by_key({"anything": 0}, [image, ids]) == {"image": image, "x": image, "ids": ids, "ids_0": ids}

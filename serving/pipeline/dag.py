@@ -84,6 +84,11 @@ class Dag:
             self._pools[op.name] = ThreadPoolExecutor(op.threads, thread_name_prefix=f"op-{op.name}")
             self._queued[op.name] = 0
 
+    def waiting_for(self) -> list[str]:
+        """Remote ops none of whose model servers answers ready, with why: readiness waits for them."""
+        reasons = {op.name: op.predictor.unready() for op in self.ops if op.remote}
+        return [f"op {name}: no model server is ready: {reason}" for name, reason in reasons.items() if reason]
+
     def metadata(self) -> dict[str, dict]:
         """Per op: its model's feeds, fetches and model card facts (GET /metadata)."""
         return {op.name: op.metadata() for op in self.ops}

@@ -11,7 +11,7 @@ from serving.context import RequestContext
 from serving.errors import DeadlineExceededError, InferenceError, InitError, InputError
 from serving.predictor.settings import PredictorSettings, summary
 from serving.proto.general_model_config_pb2 import FeedVar, FetchVar, GeneralModelConfig
-from serving.tensors import DTYPE_OF, ElemType
+from serving.tensors import DTYPE_OF, ElemType, feed_vars_by_key
 
 # The wheel's default install serves ONNX exports without Paddle; Paddle Inference is the `paddle` extra.
 PADDLE_MISSING = ("engine paddle (Paddle Inference) for {model_dir}, but Paddle is not installed: pip install "
@@ -133,11 +133,8 @@ class LocalPredictor:
         """Program input name -> array, after matching keys to feeds and checking each array."""
         if not isinstance(feed, dict):
             raise InputError(f"feed must be a dict of name -> array, got {type(feed).__name__}")
-        if len(self._feeds) == 1 and len(feed) == 1:
-            ((key, value),) = feed.items()
-            return {self._feeds[0].name: self._checked_array(self._feeds[0], key, value)}
         valid = ", ".join(self.feed_names)
-        by_key = {var.alias_name: var for var in self._feeds} | {var.name: var for var in self._feeds}
+        by_key = feed_vars_by_key(feed, self._feeds)
         unknown = [key for key in feed if key not in by_key]
         if unknown:
             raise InputError(f"unknown feed {unknown[0]!r}; the model takes: {valid}")

@@ -81,7 +81,8 @@ def start_grpc_server(dataplane: DataPlane, oip: OipService, port: int, workers:
                          maximum_concurrent_rpcs=limits.max_inflight)  # beyond it: RESOURCE_EXHAUSTED at once
     pb_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(dataplane), server)
     add_oip_servicer(server, oip)
-    health = add_health(server, [pb.DESCRIPTOR.services_by_name["PipelineService"].full_name, OIP_SERVICE])
+    health = add_health(server, [pb.DESCRIPTOR.services_by_name["PipelineService"].full_name, OIP_SERVICE],
+                        probe=lambda: not dataplane.waiting_for())
     bound = add_grpc_port(server, f"0.0.0.0:{port}", security)
     if bound == 0:
         raise OSError(f"cannot listen on rpc_port {port}")

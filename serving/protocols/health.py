@@ -18,7 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 Status = health_pb2.HealthCheckResponse
 Send = Callable[[health_pb2.HealthCheckResponse | None], None]  # grpc.server's send_response_callback; None ends
-PROBES = ThreadPoolExecutor(2, thread_name_prefix="health")  # one for every server of the process: calls are instant
+# One for every server of the process: calls are instant, but for a pipeline's check of its remote model
+# servers (at most one a second, PROBE_TIMEOUT_S per endpoint), which the HTTP /ready probe runs here too
+PROBES = ThreadPoolExecutor(2, thread_name_prefix="health")
 
 
 class _Stream:
@@ -47,9 +49,14 @@ class _Stream:
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
-    """NOT_SERVING until ready, SERVING, NOT_SERVING once stopping: after `stop` nothing changes, streams end."""
+    """NOT_SERVING until ready, SERVING, NOT_SERVING once stopping: after `stop` nothing changes, streams end.
 
-    def __init__(self, names: list[str]) -> None:
+    `probe`: what SERVING also needs when Check asks (a pipeline's remote model servers answering); Watch
+    follows the pushed status only.
+    """
+
+    def __init__(self, names: list[str], probe: Callable[[], bool] = lambda: True) -> None:
+        self._probe = probe
         self._lock = threading.Lock()
         self._status = dict.fromkeys(names, Status.NOT_SERVING)
         self._streams: dict[str, set[_Stream]] = collections.defaultdict(set)
@@ -57,12 +64,14 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 
     def Check(self, request: health_pb2.HealthCheckRequest,  # noqa: N802 - the proto's method name
               context: grpc.ServicerContext) -> health_pb2.HealthCheckResponse:
-        """The status now; an unknown name is NOT_FOUND, as the protocol says."""
+        """The status now (SERVING only while the probe agrees); an unknown name is NOT_FOUND, as the protocol says."""
         with self._lock:
             status = self._status.get(request.service)
         if status is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}; "
                                                      f"known: {sorted(self._status)}")
+        if status == Status.SERVING and not self._probe():
+            status = Status.NOT_SERVING
         return Status(status=status)
 
     Check.experimental_thread_pool = PROBES  # type: ignore[attr-defined]  # grpc.server reads these per handler
@@ -117,8 +126,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
                 del self._streams[service]
 
 
-def add_health(server: grpc.Server, services: list[str]) -> HealthServicer:
+def add_health(server: grpc.Server, services: list[str], probe: Callable[[], bool] = lambda: True) -> HealthServicer:
     """Register health for "" (the whole server) and `services` beside the server's own, all NOT_SERVING."""
-    servicer = HealthServicer(["", *services])
+    servicer = HealthServicer(["", *services], probe)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     return servicer

@@ -30,6 +30,7 @@ from serving.context import TIMEOUT_HEADER, RequestContext, timeout_header_ms
 from serving.dataplane import DataPlane, PipelineResponse
 from serving.errors import AuthError, InputError, PayloadTooLargeError, ServiceNotFoundError, http_status_of
 from serving.protocols import openapi
+from serving.protocols.health import PROBES
 from serving.protocols.http_common import DEEP_JSON, MAX_HEAD_BYTES, error_response
 from serving.protocols.oip import OipRest, OipService, RestReply, error_reply
 from serving.protocols.pipeline_codec import request_from_json, response_to_json
@@ -232,7 +233,8 @@ class PipelineApp:
         return b"".join(chunks)
 
     async def operations(self, request: Request) -> Response:
-        """/health (live), /ready (503 until the models are warm), /metadata (token), /metrics, /openapi.json."""
+        """/health (live), /ready (503 until the models are warm and some model server of each remote op
+        answers), /metadata (token), /metrics, /openapi.json."""
         path = request.url.path
         if path in GUARDED and not self._authorized(request):
             return self._answer(PipelineResponse.from_error(DENIED), http_status_of(DENIED))
@@ -241,6 +243,11 @@ class PipelineApp:
         if path == openapi.PATH:
             return JSONResponse(openapi.document(openapi.PIPELINE, self.rest.service, self.auth is not None,
                                                  self.dataplane.endpoint.service_name))
+        if path == "/ready" and self.dataplane.ready:
+            # asks remote model servers (at most once a second): on the probes' pool, never on the event loop
+            waiting = await asyncio.get_running_loop().run_in_executor(PROBES, self.dataplane.waiting_for)
+            if waiting:
+                return JSONResponse({"status": "waiting", "not_ready": waiting}, status_code=503)
         ready = self.dataplane.ready or path == "/health"
         body = self.dataplane.metadata if path == "/metadata" else {"status": "ok" if ready else "loading"}
         return JSONResponse(body, status_code=200 if ready else 503)

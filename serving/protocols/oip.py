@@ -550,8 +550,8 @@ class OipService:
 
     @property
     def ready(self) -> bool:
-        """The server answers inference requests."""
-        return self.dataplane.ready
+        """The server answers inference requests, and a pipeline's remote ops have a model server that answers."""
+        return self.dataplane.ready_for_traffic
 
     def server_metadata(self) -> dict:
         """Name, version and the extensions served."""
@@ -626,9 +626,10 @@ class OipRest:
 
     @staticmethod
     def blocks(method: str, path: str) -> bool:
-        """Inference and the repository's calls (a load takes seconds): servers run them on a worker thread, the
-        rest on their event loop."""
-        return method == "POST" and (path.endswith("/infer") or path.startswith("/v2/repository/"))
+        """Inference, the repository's calls (a load takes seconds) and server readiness: servers run them on a
+        worker thread, the rest on their event loop."""
+        return ((method == "POST" and (path.endswith("/infer") or path.startswith("/v2/repository/")))
+                or path.rstrip("/") == "/v2/health/ready")  # a pipeline's asks its remote model servers
 
     def call(self, method: str, path: str, headers: Mapping[str, str], body: bytes, client: str,
              authorized: bool) -> RestReply:
