@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench.ceiling import resolved_budget
+from bench.ceiling import resolved_budget, run_ceiling
 from bench.e2e import result_row
 from bench.load import Payloads, build_payloads, drive
 from bench.models import INT8_MIN_AGREEMENT, SAMPLE_IMAGE, SAMPLE_IMAGE_NAME, ensure_model
@@ -46,12 +46,15 @@ def measure(budget: Budget, server_dir: Path, payloads: Payloads, args: argparse
     return {"engine": budget.engine, "precision": budget.precision, "model_file": served, **row}
 
 
-def run_model(model: str, args: argparse.Namespace, workdir: Path, bar: tqdm) -> list[dict]:
-    """`args.rounds` rounds of both precisions on the export with its INT8 twin: a row per (round, precision)."""
+def run_model(model: str, args: argparse.Namespace, workdir: Path, bar: tqdm) -> tuple[list[dict], dict]:
+    """`args.rounds` rounds of both precisions on the export with its INT8 twin: a row per (round, precision); and
+    each precision's in-process ceiling with the same budget, the bound on what serving could reach."""
     server_dir = ensure_model(model, args.models_dir, int8=True)
     budgets = {precision: resolved_budget(args.engine, args.workers, args.threads, server_dir, precision)
                for precision in PRECISIONS}
     payloads = build_payloads(SAMPLE_IMAGE.read_bytes(), args.images, server_dir)
+    bar.set_description(f"{model} in-process ceilings")
+    ceilings = {precision: run_ceiling(model, server_dir, budgets[precision], args.seconds) for precision in PRECISIONS}
     rows = []
     for number in range(1, args.rounds + 1):
         for precision in round_order(number):
@@ -60,11 +63,12 @@ def run_model(model: str, args: argparse.Namespace, workdir: Path, bar: tqdm) ->
                          **measure(budgets[precision], server_dir, payloads, args, workdir)})
             bar.set_postfix_str(f"{rows[-1]['requests_per_s']:.1f} req/s, {rows[-1]['errors']} errors")
             bar.update()
-    return rows
+    return rows, ceilings
 
 
-def int8_summary(rows: list[dict]) -> list[dict]:
-    """Per model: each precision's requests over its rounds' summed wall time, INT8 ÷ FP32, and the target."""
+def int8_summary(rows: list[dict], ceilings: dict[str, dict]) -> list[dict]:
+    """Per model: each precision's requests over its rounds' summed wall time, INT8 ÷ FP32, and the target; beside
+    it the same ratio in process (decode + preprocess + predict, no serving), the most serving could show."""
     summary = []
     for model in dict.fromkeys(row["model"] for row in rows):
         pooled = {}
@@ -73,7 +77,10 @@ def int8_summary(rows: list[dict]) -> list[dict]:
             pooled[precision] = rate(sum(row["requests"] for row in mine), sum(row["wall_s"] for row in mine))
         errors = sum(row["errors"] for row in rows if row["model"] == model)
         ratio = pooled["int8"] / pooled["fp32"] if pooled["fp32"] > 0 else None
+        ceiling = {precision: ceilings[model][precision]["images_per_s"] for precision in PRECISIONS}
         summary.append({"model": model, "fp32_requests_per_s": pooled["fp32"], "int8_requests_per_s": pooled["int8"],
+                        "ceiling_images_per_s": ceiling,
+                        "ceiling_ratio": ceiling["int8"] / ceiling["fp32"] if ceiling["fp32"] > 0 else None,
                         "ratio": ratio, "min_ratio": MIN_RATIO, "errors": errors,
                         "met": ratio is not None and ratio >= MIN_RATIO and errors == 0})
     return summary
@@ -82,10 +89,12 @@ def int8_summary(rows: list[dict]) -> list[dict]:
 def run_int8_e2e(args: argparse.Namespace) -> dict:
     """Every model in turn, one server up at a time; returns the int8_e2e.json report."""
     rows: list[dict] = []
+    ceilings: dict[str, dict] = {}
     with tqdm(total=len(args.models) * args.rounds * len(PRECISIONS), unit="run", file=sys.stderr) as bar, \
             tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for model in args.models:
-            rows += run_model(model, args, Path(tmp), bar)
+            model_rows, ceilings[model] = run_model(model, args, Path(tmp), bar)
+            rows += model_rows
     return {
         "settings": {"target": "pipeline", "protocol": args.protocol, "concurrency": args.concurrency,
                      "images_per_request": args.images, "image": SAMPLE_IMAGE_NAME, "seconds": args.seconds,
@@ -94,8 +103,9 @@ def run_int8_e2e(args: argparse.Namespace) -> dict:
                      "workers": args.workers, "threads": args.threads, "min_ratio": MIN_RATIO,
                      "int8": f"export --int8 ({METHOD}), calibrated on bench.calibration's generated folder, "
                              f"--min-agreement {INT8_MIN_AGREEMENT:g} (random weights: agreement means nothing)"},
+        "ceilings": ceilings,
         "results": rows,
-        "summary": int8_summary(rows),
+        "summary": int8_summary(rows, ceilings),
     }
 
 

@@ -435,8 +435,14 @@ def test_int8_e2e_alternates_fresh_fp32_and_int8_pipelines_and_reports_the_ratio
     (summary,) = report["summary"]
     assert summary["ratio"] == pytest.approx(rows[1]["requests_per_s"] / rows[0]["requests_per_s"])
     assert summary["met"] == (summary["ratio"] >= 1.8) and summary["min_ratio"] == 1.8
+    ceilings = report["ceilings"]["SqueezeNet1_1"]
+    assert [(ceilings[precision]["precision"], ceilings[precision]["count"] > 0) for precision in ("fp32", "int8")] \
+        == [("fp32", True), ("int8", True)]
+    in_process = ceilings["int8"]["images_per_s"] / ceilings["fp32"]["images_per_s"]
+    assert summary["ceiling_ratio"] == pytest.approx(in_process)
     table = (out / "int8_e2e.md").read_text()
-    assert "| Model | FP32 req/s | INT8 req/s | INT8 ÷ FP32 | target | met | errors |" in table
+    assert "| INT8 ÷ FP32 | target | met | errors | in process: FP32 / INT8 images/s | in process: INT8 ÷ FP32 |" \
+        in table and "| SqueezeNet1_1 | INT8 |" in table
     assert "## INT8 against FP32, end to end" in (out / "README.md").read_text()
 
 
@@ -450,17 +456,20 @@ def test_int8_e2e_pools_rounds_and_misses_the_target_on_errors() -> None:
                 "images_per_s": requests / 2.0, "p50_ms": 10.0, "p99_ms": 20.0}
 
     rows = [row("fp32", 1, 100), row("int8", 1, 190), row("int8", 2, 210), row("fp32", 2, 100)]
-    (summary,) = int8_summary(rows)
+    stages = {stage: {"median_ms": 1.0} for stage in ("preprocess", "predict", "total")}
+    ceilings = {"AlexNet": {"fp32": {"images_per_s": 60.0, **stages}, "int8": {"images_per_s": 150.0, **stages}}}
+    (summary,) = int8_summary(rows, ceilings)
     assert (summary["fp32_requests_per_s"], summary["int8_requests_per_s"]) == (50.0, 100.0)
     assert (summary["ratio"], summary["met"], summary["errors"]) == (2.0, True, 0)
-    (failed,) = int8_summary([*rows[:3], row("fp32", 2, 100, errors=1)])
+    assert summary["ceiling_ratio"] == 2.5
+    (failed,) = int8_summary([*rows[:3], row("fp32", 2, 100, errors=1)], ceilings)
     assert failed["ratio"] == 2.0 and not failed["met"]
     settings = {"protocol": "grpc", "concurrency": 8, "images_per_request": 1, "workers": 2, "threads": 2,
                 "rounds": 2, "order": "ABBA", "warmup_s": 2.0, "seconds": 5.0, "min_ratio": 1.8, "int8": "QDQ"}
     lines = int8_e2e_markdown({"command": "python -m bench int8-e2e", "settings": settings, "results": rows,
-                               "summary": [failed]}).splitlines()
+                               "summary": [failed], "ceilings": ceilings}).splitlines()
     assert lines[0].startswith("`python -m bench int8-e2e`: pipeline over grpc, 8 concurrent clients")
-    assert "| AlexNet | 50.0 | 100.0 | 2.00 | ≥ 1.8 | **no** | 1 |" in lines
+    assert "| AlexNet | 50.0 | 100.0 | 2.00 | ≥ 1.8 | **no** | 1 | 60.0 / 150.0 | 2.50 |" in lines
 
 
 def test_oip_binary_ratio_pairs_rows_of_the_same_concurrency() -> None:
