@@ -1,6 +1,6 @@
 """The CPU engines a model can run on, and the timing table the model card records per machine, read for `auto`.
 
-`python -m export --measure DIR` (and an export with --onnx) writes the table; the serving side only reads it here.
+`python -m export --measure DIR` (or `--measure` on an export) writes the table; the serving side only reads it here.
 """
 
 import importlib.util
