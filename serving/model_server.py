@@ -197,7 +197,7 @@ class DefaultModelEndpoint:
         return self.models.ready
 
     def metadata(self) -> dict:
-        """The default model's name, version, feeds and fetches."""
+        """The default model's name, version, feeds and fetches, engine and precision (GET /metadata)."""
         model = self.models.find(self.name)
         return {"model": self.name, "version": model.version, **model.service.metadata()}
 
@@ -245,7 +245,8 @@ class ModelServer:
                               "start the model server with --model_repository and --repository_api")
         # one thread more than admitted, to refuse at once
         self.brpc = BrpcServer([rpc_service(self.dataplane)], http_routes(self.dataplane), args.max_inflight + 1,
-                               limits, security=self.security, rest=OipRest(self.oip), describe=self.describe)
+                               limits, security=self.security, rest=OipRest(self.oip), describe=self.describe,
+                               metadata=lambda: self.dataplane.metadata)
         self.grpc: grpc.Server | None = None
         self.health: HealthServicer | None = None
         self.servicer = ModelServicer(self.dataplane)

@@ -120,9 +120,14 @@ def test_agreement_below_threshold_refused_unless_forced(run_cli, bad_calib: Pat
 
 
 def test_model_server_serves_int8_with_its_agreement(server: ModelServer, int8_root: Path) -> None:
-    metadata = server.dataplane.metadata  # what a /metadata route shows
+    """GET /metadata shows the precision and the held-out figures, OIP's model metadata the precision."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metadata", timeout=10) as answer:
+        metadata = json.loads(answer.read())
     card = yaml.safe_load((int8_root / "model_card.yaml").read_text())
-    assert metadata["precision"] == "int8" and metadata["int8_held_out"] == card["int8"]["held_out"]
+    assert (metadata["engine"], metadata["precision"]) == ("onnxruntime", "int8")
+    assert metadata["int8_held_out"] == card["int8"]["held_out"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/v2/models/{metadata['model']}", timeout=10) as answer:
+        assert json.loads(answer.read())["platform"] == "onnxruntime_int8"
     server_dir = int8_root / "serving_server"
     data = (IMAGES / "daisy.jpg").read_bytes()
     body = {"tensor": [{"name": "x", "alias_name": "image", "elem_type": 20, "shape": [1],

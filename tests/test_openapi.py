@@ -96,7 +96,7 @@ def test_every_model_server_route_is_documented(model_server: ModelServer) -> No
     doc = fetch(model_server)
     assert {("POST", path) for path in model_server.brpc.routes} | {("GET", path) for path in model_server.brpc.pages} \
         <= operations(doc)
-    assert ("GET", "/metadata") not in operations(doc)  # the model server has no /metadata
+    assert ("GET", "/metadata") in operations(doc) and "/metadata" in model_server.brpc.pages
 
 
 def path_enum(doc: dict, name: str) -> list[str]:
@@ -187,3 +187,13 @@ def test_schemathesis_finds_every_answer_as_documented(server: ImageService | Mo
     tested = re.search(r"Tested: (\d+)", result.stdout)
     documented = operations(fetch(server)) - {("GET", openapi.PATH)}  # schemathesis leaves out the schema's own URL
     assert tested and int(tested[1]) == len(documented), result.stdout[-3000:]
+
+
+def test_metadata_takes_the_token_on_both_servers(server: ImageService | ModelServer) -> None:
+    """GET /metadata shows the model (on the model server: its engine and precision), so only to token holders."""
+    assert requests.get(f"{url(server)}/metadata", timeout=10).status_code == 401
+    reply = requests.get(f"{url(server)}/metadata", headers=AUTH, timeout=10)
+    assert reply.status_code == 200, reply.text
+    expected = {"service", "ops"} if isinstance(server, ImageService) else {
+        "model", "version", "feeds", "fetches", "engine", "precision"}
+    assert expected <= set(reply.json()), reply.json()

@@ -72,12 +72,14 @@ class BrpcServer:
 
     def __init__(self, services: list[RpcService], routes: dict[str, Route], workers: int,
                  limits: ServerLimits | None = None, security: SecurityConfig | None = None,
-                 rest: OipRest | None = None, describe: Callable[[], dict] | None = None) -> None:
+                 rest: OipRest | None = None, describe: Callable[[], dict] | None = None,
+                 metadata: Callable[[], dict] | None = None) -> None:
         self.services = {name: service for service in services for name in (service.full_name, service.short_name)}
         self.routes = routes
         self.rest = rest  # the Open Inference Protocol's /v2 paths, when served
-        self.describe = describe  # the port's OpenAPI document, when served
-        self.pages = PROBES + ((openapi.PATH,) if describe is not None else ())  # what GET answers
+        # what shows the model, so it takes the token when one is configured: the OpenAPI document, the metadata
+        self.guarded = {path: page for path, page in ((openapi.PATH, describe), ("/metadata", metadata)) if page}
+        self.pages = PROBES + tuple(self.guarded)  # what GET answers
         self.limits = limits or ServerLimits()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="brpc")
         self.server: asyncio.Server | None = None
@@ -272,14 +274,14 @@ class BrpcServer:
     def _get(self, path: str, authorized: bool) -> tuple[int, bytes, str]:
         """Probes and the scraper need no token: /health and /ready (the model is loaded before the port opens).
 
-        The OpenAPI document shows the model, so it takes the token when one is configured.
+        The OpenAPI document and /metadata show the model, so they take the token when one is configured.
         """
         if path == "/metrics":
             return 200, metrics.render(), metrics.CONTENT_TYPE
         if path in ("/health", "/ready"):
             return 200, b'{"status": "ok"}', "application/json"
-        if path == openapi.PATH and self.describe is not None:
-            return (200, json.dumps(self.describe()).encode(), "application/json") if authorized else (
+        if path in self.guarded:
+            return (200, json.dumps(self.guarded[path]()).encode(), "application/json") if authorized else (
                 http_status_of(DENIED), HTTP_DENIED, "application/json")
         return 404, HttpError(404, f"no GET {path}; try {', '.join(self.pages)}").body(), "application/json"
 

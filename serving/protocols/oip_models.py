@@ -131,7 +131,10 @@ class ModelServiceModel:
         self.endpoint = service
         self.name = name
         self.version = version
-        self.platform = service.predictor.engine_info["engine"]
+        engine = service.predictor.engine_info
+        # the precision where it is not FP32 (onnxruntime_int8): what OIP's model metadata has room to say
+        precision = engine.get("precision", "fp32")
+        self.platform = engine["engine"] + (f"_{precision}" if precision != "fp32" else "")
         config = service.model_config
         self.signature = Signature(
             tuple(TensorSpec(var.alias_name, _datatype(var.feed_type), (-1, *var.shape)) for var in config.feed_var),

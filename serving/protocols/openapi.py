@@ -72,6 +72,9 @@ ROUTES: tuple[Operation, ...] = (
     Operation("GET", "/metadata", frozenset({PIPELINE}), "metadata",
               "Per op: feeds, fetches, model, classes, preprocessing, weights provenance ({} with 503 while loading)",
               {200: "metadata", 503: "metadata"}, denied="pipeline"),
+    Operation("GET", "/metadata", frozenset({MODEL_SERVER}), "metadata",
+              "The model: name, version, feeds, fetches, engine (and why, for auto), precision and, for INT8, its "
+              "agreement with FP32 on the exporter's held-out images", {200: "model_server_metadata"}),
     Operation("GET", "/metrics", BOTH, "metrics", "Prometheus metrics", {200: "metrics"}, denied=None),
     Operation("GET", PATH, BOTH, "openapi", "This document, for this server and its model", {200: "openapi"}),
     Operation("POST", f"/{{service}}/{PREDICTION_METHOD}", frozenset({PIPELINE}), "prediction",
@@ -148,6 +151,7 @@ def _json(schema: dict, description: str = "") -> dict:
 RESPONSES: dict[str, dict] = {
     "status": _json(_ref("Status"), "The server's state"),
     "metadata": _json(_ref("Metadata"), "The service's ops and models"),
+    "model_server_metadata": _json(_ref("ModelServerMetadata"), "The model served"),
     "metrics": {"description": "Prometheus text format",
                 "content": {"text/plain": {"schema": {"type": "string"}}}},
     "openapi": _json({"type": "object", "required": ["openapi", "info", "paths"]}, "OpenAPI 3.1"),
@@ -299,6 +303,11 @@ def _schemas(names: dict, versions: dict, signature: Signature | None) -> dict[s
     return {
         "Status": {"type": "object", "required": ["status"], "properties": {"status": {"enum": ["ok", "loading"]}}},
         "Metadata": {"type": "object", "properties": {"service": {"type": "string"}, "ops": {"type": "object"}}},
+        "ModelServerMetadata": {
+            "type": "object", "required": ["model", "version", "feeds", "fetches", "engine", "precision"],
+            "properties": {"model": {"type": "string"}, "version": {"type": "string"}, "feeds": strings,
+                           "fetches": strings, "engine": {"type": "string"}, "engine_choice": {"type": "string"},
+                           "precision": {"type": "string"}, "int8_held_out": {"type": "object"}}},
         "PaddleStatus": status,
         "PipelineRequest": {
             "type": "object",
