@@ -5,6 +5,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,26 +67,25 @@ def parse_measure_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_measure(server_dir: Path, args: argparse.Namespace, progress: "StepPrinter | None" = None) -> None:
-    """Time, record in the card, print the table."""
-    def step(label: str) -> None:
-        print(f"  timing {label} ...", file=sys.stderr, flush=True)
-
+def measure_and_record(server_dir: Path, args: argparse.Namespace,
+                       step: Callable[[str], None] = lambda _: None) -> dict:
+    """Time the engines, record the table in the card; returns the table."""
     table = timing.measure(server_dir, args.threads, args.max_batch_size, args.runs, step)
     timing.record(server_dir, table)
-    if progress is not None:
-        progress.finish()
-    print("\n".join(timing.lines(server_dir, table)))
+    return table
 
 
 def measure_main(argv: list[str]) -> int:
     """`python -m export --measure DIR`: errors are one line on stderr and exit 2."""
     args = parse_measure_args(argv)
+    server_dir = timing.resolve_server_dir(args.measure)
     try:
-        run_measure(timing.resolve_server_dir(args.measure), args)
+        table = measure_and_record(server_dir, args, lambda label: print(f"  timing {label} ...", file=sys.stderr,
+                                                                          flush=True))
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print("\n".join(timing.lines(server_dir, table)))
     return 0
 
 
@@ -173,20 +173,20 @@ def export_main(argv: list[str]) -> int:
                             num_classes=args.num_classes, labels=args.labels, force=args.force,
                             onnx=args.onnx, calib_images=args.calib_images, min_agreement=args.min_agreement)
     progress = StepPrinter(STEPS + int(args.onnx) + int(args.int8) + int(args.measure))
+    table = None
     try:
         result = export(request, progress)
         if args.measure:
             progress("timing each engine on this machine")
-            progress.finish()
-            report(result, args.out)
-            run_measure(args.out / "serving_server", args, progress)
+            table = measure_and_record(args.out / "serving_server", args)
     except (ExportError, UnknownModelError) as exc:
         progress.finish()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     progress.finish()
-    if not args.measure:
-        report(result, args.out)
+    report(result, args.out)
+    if table is not None:
+        print("\n".join(timing.lines(args.out / "serving_server", table)))
     print(f"  done in {progress.total():.1f} s")
     return 0
 
