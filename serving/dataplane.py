@@ -86,9 +86,22 @@ class DataPlane(Generic[Req, Resp]):
         """What readiness probes report: ready, and every dependency answers (requests are not gated on those)."""
         return self.ready and not self.waiting_for()
 
-    def depend_on(self, waiting_for: Callable[[], list[str]]) -> None:
-        """Readiness probes also need `waiting_for()` (what does not answer yet, with why) to be empty."""
+    def depend_on(self, waiting_for: Callable[[], list[str]], watch: bool = False) -> None:
+        """Readiness probes also need `waiting_for()` (what does not answer yet, with why) to be empty; with `watch`,
+        a thread asks it every READY_TTL_S and announces each change, so gRPC health Watch streams follow it too."""
         self._dependencies = waiting_for
+        if watch:
+            threading.Thread(target=self._follow_dependencies, name="dependencies", daemon=True).start()
+
+    def _follow_dependencies(self) -> None:
+        """Announce whenever readiness for traffic changes, until the server stops."""
+        last = self.ready_for_traffic
+        while not self._closing:
+            time.sleep(READY_TTL_S)
+            now = self.ready_for_traffic
+            if now != last and not self._closing:
+                self.announce()
+            last = now
 
     def waiting_for(self) -> list[str]:
         """The dependencies that do not answer, asked at most once per READY_TTL_S so a flood of probes costs the
@@ -111,17 +124,20 @@ class DataPlane(Generic[Req, Resp]):
         self.announce()
 
     def on_serving(self, listener: Callable[[bool], None]) -> None:
-        """Call `listener(serving)` now and on every announce, so health services follow loading and stopping."""
+        """Call `listener(serving)` now and on every announce, so health services follow loading, dependencies and
+        stopping."""
         with self._idle:
             self._listeners.append(listener)
-        listener(self.ready)
+        listener(self.ready_for_traffic)
 
     def announce(self) -> None:
-        """Tell the listeners whether requests are served now (after the endpoint became ready, and on close)."""
+        """Tell the listeners whether traffic is served now (after the endpoint became ready, when its dependencies
+        come or go, and on close)."""
         with self._idle:
             listeners = list(self._listeners)
+        serving = self.ready_for_traffic
         for listener in listeners:
-            listener(self.ready)
+            listener(serving)
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until no request is running (True) or the timeout passes (False)."""

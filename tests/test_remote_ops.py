@@ -2,6 +2,7 @@
 
 import base64
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -133,6 +134,28 @@ def probe(port: int, path: str) -> tuple[int, dict | None]:
     return status, json.loads(body) if body else None
 
 
+class HealthWatch:
+    """A gRPC health Watch stream on the pipeline's rpc port, its statuses collected as they come."""
+
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.statuses: list[int] = []
+        self.stream = health_pb2_grpc.HealthStub(self.channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for answer in self.stream:
+                self.statuses.append(answer.status)
+        except grpc.RpcError:
+            pass
+
+    def close(self) -> None:
+        self.stream.cancel()
+        self.channel.close()
+
+
 def grpc_health(port: int) -> int:
     """The pipeline's gRPC health status for the whole server."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -157,6 +180,7 @@ def test_a_pipeline_is_ready_once_a_model_server_of_its_remote_op_answers(model_
         assert grpc_health(service.rpc_port) == health_pb2.HealthCheckResponse.NOT_SERVING
         assert probe(service.http_port, "/v2/health/ready")[0] == 400 and \
             probe(service.http_port, "/v2/health/live")[0] == 200
+        watch = HealthWatch(service.rpc_port)
         with running_model_server("--model", model_root / "serving_server", "--port", port, "--grpc_port", grpc_port,
                                   "--thread", "1"):
             deadline = time.monotonic() + 15
@@ -166,5 +190,15 @@ def test_a_pipeline_is_ready_once_a_model_server_of_its_remote_op_answers(model_
             assert probe(service.http_port, "/ready") == (200, {"status": "ok"})
             assert grpc_health(service.rpc_port) == health_pb2.HealthCheckResponse.SERVING
             assert probe(service.http_port, "/v2/health/ready")[0] == 200
+            while health_pb2.HealthCheckResponse.SERVING not in watch.statuses:  # pushed within about a second
+                assert time.monotonic() < deadline + 5, watch.statuses
+                time.sleep(0.1)
+            assert watch.statuses[0] == health_pb2.HealthCheckResponse.NOT_SERVING
+        deadline = time.monotonic() + 15  # the model server stopped: the stream hears it, /ready says why
+        while watch.statuses[-1] != health_pb2.HealthCheckResponse.NOT_SERVING:
+            assert time.monotonic() < deadline, watch.statuses
+            time.sleep(0.1)
+        assert probe(service.http_port, "/ready")[0] == 503
+        watch.close()
     finally:
         service.stop()

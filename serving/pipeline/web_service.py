@@ -176,7 +176,7 @@ class WebService:
         self.dag.start(lambda op: build_predictor(op, self.config))
         model.attach(self.get_tensor_signature())
         dataplane.endpoint.attach(self.dag.run, lambda: {"service": self.name, "ops": self.dag.metadata()})
-        dataplane.depend_on(self.dag.waiting_for)
+        dataplane.depend_on(self.dag.waiting_for, watch=any(op.remote for op in self.dag.ops))
         dataplane.announce()
 
     def _start_front_ends(self, dataplane: DataPlane, oip: OipService, reuse_port: bool) -> None:
