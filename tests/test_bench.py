@@ -597,3 +597,19 @@ def test_gpu_check_agreement_per_precision() -> None:
     assert agreement(reference, reference + 5e-3, "fp16")["ok"]
     flipped = np.array([[0.2, 0.7, 0.1], [0.1, 0.3, 0.6]])
     assert agreement(reference, flipped, "fp16") == {"max_diff": pytest.approx(0.5), "top1_equal": False, "ok": False}
+
+
+def test_paddle_int8_times_both_int8_routes_and_says_which_to_serve(engines_run: Path) -> None:
+    """Paddle's post-training INT8 on oneDNN beside ONNX Runtime's, from the same cached export (issue 15, point 2)."""
+    out = engines_run / "paddle_int8"
+    run = subprocess.run([sys.executable, "-m", "bench.paddle_int8", "--models", "SqueezeNet1_1", "--runs", "2",
+                          "--warmup", "1", "--out", str(out), "--models-dir", str(engines_run / "models")], cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    (row,) = json.loads((out / "paddle_int8.json").read_text())["results"]
+    assert set(row["median_ms"]) == {"paddle_fp32", "paddle_int8", "onnxruntime_fp32", "onnxruntime_int8"}
+    assert all(value > 0 for value in row["median_ms"].values()) and row["images"] == 14
+    assert all(len(samples) == 2 for samples in row["samples_ms"].values())
+    assert 0 <= row["int8_top1_agreement"]["paddle"] <= 1 and 0 <= row["int8_top1_agreement"]["onnxruntime"] <= 1
+    table = (out / "paddle_int8.md").read_text()
+    assert "| SqueezeNet1_1 | 1 |" in table and "Paddle Inference INT8 " in table.splitlines()[-1]
