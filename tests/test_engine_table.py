@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from serving.config import LocalServiceConf
-from serving.machine import this_machine
+from serving.machine import cpu_limit, this_machine
 from serving.model_config import SERVER_CONF, read_config
 from serving.predictor.engine_table import CARD_FILE, TIMINGS_KEY, fastest_fp32, score, table_for
 from serving.predictor.settings import settings_from_conf
@@ -105,5 +105,17 @@ def test_a_card_without_a_table_or_unreadable_gives_no_choice(model: Path, tmp_p
 
 def test_this_machine_names_cpu_count_and_the_telling_flags() -> None:
     machine = this_machine()
-    assert machine == this_machine() and set(machine) == {"cpu", "cpus", "arch", "flags"}
+    assert machine == this_machine() and set(machine) == {"cpu", "cpus", "cpu_limit", "arch", "flags"}
     assert machine["cpus"] >= 1 and machine["cpu"] and isinstance(machine["flags"], list)
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"cpu.max": "200000 100000\n"}, 2.0), ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None), ({}, None)])
+def test_a_containers_cpu_quota_is_part_of_the_machine(tmp_path: Path, files: dict, expected: float | None) -> None:
+    """Kubernetes `limits.cpu` on the same node is another machine for timings: cgroup v2's cpu.max or v1's CFS."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpu_limit(tmp_path) == expected
