@@ -14,6 +14,7 @@ the export extra 17-27 s more, the whole file 40-55 s.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,6 +177,14 @@ def test_plain_install_serves_an_onnx_export_without_paddle(venv: Path, onnx_mod
     assert (f"engine paddle (Paddle Inference) for {server_dir}, but Paddle is not installed: pip install "
             "'pipeline-serving-kit[paddle]' (on GPU: paddlepaddle-gpu), or serve an export made with --onnx on engine "
             "onnxruntime") in last
+
+    measured_model = tmp_path / "measured" / "SqueezeNet1_1"
+    shutil.copytree(onnx_model, measured_model)
+    measured = run(venv, tmp_path, "serving-kit", "export", "--measure", str(measured_model), "--runs", "3",
+                   "--max-batch-size", "2")  # on the serving machine, without Paddle: what can run here
+    assert measured.returncode == 0, measured.stderr
+    assert "Paddle + oneDNN      skipped: paddle is not installed" in measured.stdout
+    assert "engine: auto now runs ONNX Runtime on this machine" in measured.stdout
 
     predicted = run(venv, tmp_path, "serving-kit", "predict", "--model", str(onnx_model), str(DAISY))
     assert predicted.returncode == 0, predicted.stderr
