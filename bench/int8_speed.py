@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime
 
 from bench.calibration import calibration_folder
-from bench.models import DEFAULT_MODELS_DIR, DEFAULT_RESULTS_DIR, ensure_model, input_size
+from bench.models import add_standalone_options, ensure_model, input_size
 from bench.report import write_outputs
 from export.int8 import INT8_FILE, METHOD, quantize
 from export.onnx_export import ONNX_FILE
@@ -59,13 +59,9 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Export (cached) and quantize each model afresh, so the table measures the current exporter."""
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__)
-    parser.add_argument("--models", nargs="+", default=["SqueezeNet1_1", "AlexNet"])
+    add_standalone_options(parser, ["SqueezeNet1_1", "AlexNet"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8], help="batch 1 and max_batch_size")
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
-    parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
     args = parser.parse_args(argv)
     results, files = [], {}
     with tempfile.TemporaryDirectory(prefix="int8-calib-") as scratch:

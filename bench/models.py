@@ -1,5 +1,6 @@
 """The exported models the benchmarks run (cached, exported once) and the fresh worker processes that time them."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -31,6 +32,15 @@ INT8_MARKER = "serving_server/" + INT8_ONNX_FILE
 # Random weights give arbitrary near-one-hot outputs, so INT8's agreement with FP32 says nothing about the
 # quantizer and must not fail the export; latency does not depend on the weights' values.
 INT8_MIN_AGREEMENT = 0.0
+
+
+def add_standalone_options(parser: argparse.ArgumentParser, models: list[str]) -> None:
+    """The options of the stand-alone timing tools (bench.int8_speed, bench.paddle_int8): models, runs, folders."""
+    parser.add_argument("--models", nargs="+", default=models)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
 
 
 class WorkerError(RuntimeError):

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.models import DEFAULT_MODELS_DIR, DEFAULT_RESULTS_DIR, EXPORT_SEED, ensure_model, quiet_env
+from bench.models import EXPORT_SEED, add_standalone_options, ensure_model, quiet_env
 from bench.report import markdown_table, write_outputs
 
 COMMAND = "python -m bench.paddle_int8"
@@ -150,12 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(argv[2]).write_text(json.dumps(worker(json.loads(argv[1]))), encoding="utf-8")
         return 0
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["AlexNet", "SqueezeNet1_1"])
+    add_standalone_options(parser, ["AlexNet", "SqueezeNet1_1"])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
-    parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
     args = parser.parse_args(argv)
     results = []
     for model in args.models:
