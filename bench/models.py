@@ -3,7 +3,6 @@
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from bench.calibration import calibration_folder
 from export import SAMPLE_IMAGES
+from export.measure import WorkerProcessError, run_in_fresh_process
 from serving.model_config import SERVER_CONF, read_config
 from serving.predictor.settings import INT8_ONNX_FILE
 
@@ -108,15 +108,8 @@ def gpu_available() -> bool:
 
 def run_worker(spec: dict, timeout_s: float = WORKER_TIMEOUT_S) -> dict:
     """Run one measurement in a fresh interpreter (`bench.worker`) and return the JSON it wrote."""
-    with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
-        out = Path(tmp) / "result.json"
-        command = [sys.executable, "-m", "bench.worker", json.dumps(spec), str(out)]
-        try:
-            done = subprocess.run(command, env=quiet_env(), capture_output=True, text=True,
-                                  timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired:
-            raise WorkerError(f"{spec['task']} worker ran past {timeout_s:.0f} s") from None
-        if done.returncode != 0 or not out.is_file():
-            tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-            raise WorkerError(f"{spec['task']} worker exited with {done.returncode}: {tail}")
-        return json.loads(out.read_text(encoding="utf-8"))
+    try:
+        return run_in_fresh_process(["bench.worker", json.dumps(spec)], timeout_s, quiet_env())
+    except WorkerProcessError as exc:
+        tail = ": " + "\n".join(exc.stderr_lines[-5:]) if exc.returncode is not None else ""
+        raise WorkerError(f"{spec['task']} worker {exc}{tail}") from None

@@ -8,14 +8,14 @@ at batch 1 in one process, runs interleaved, so background load hits all four al
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.models import EXPORT_SEED, add_standalone_options, ensure_model, quiet_env
+from bench.models import EXPORT_SEED, WORKER_TIMEOUT_S, WorkerError, add_standalone_options, ensure_model, quiet_env
 from bench.report import markdown_table, write_outputs
+from export.measure import WorkerProcessError, run_in_fresh_process
 
 COMMAND = "python -m bench.paddle_int8"
 LEGACY_PROGRAM = {"FLAGS_enable_pir_api": "0"}  # in the worker's environment, before Paddle is imported
@@ -112,14 +112,11 @@ def worker(spec: dict) -> dict:
 
 def run_worker(spec: dict) -> dict:
     """The worker in a fresh interpreter whose Paddle builds legacy programs."""
-    with tempfile.TemporaryDirectory(prefix="bench-paddle-int8-") as tmp:
-        out = Path(tmp) / "result.json"
-        done = subprocess.run([sys.executable, "-m", "bench.paddle_int8", "--worker", json.dumps(spec), str(out)],
-                              env={**quiet_env(), **LEGACY_PROGRAM}, capture_output=True, text=True, check=False)
-        if done.returncode != 0 or not out.is_file():
-            raise RuntimeError(f"paddle_int8 worker exited with {done.returncode}: "
-                               + "\n".join(done.stderr.strip().splitlines()[-5:]))
-        return json.loads(out.read_text(encoding="utf-8"))
+    try:
+        return run_in_fresh_process(["bench.paddle_int8", "--worker", json.dumps(spec)], WORKER_TIMEOUT_S,
+                                    {**quiet_env(), **LEGACY_PROGRAM})
+    except WorkerProcessError as exc:
+        raise WorkerError(f"paddle_int8 worker {exc}: " + "\n".join(exc.stderr_lines[-5:])) from None
 
 
 def markdown(report: dict) -> str:

@@ -21,8 +21,9 @@ from export.errors import ExportError
 from serving.config import LocalServiceConf
 from serving.files import atomic_write_text
 from serving.machine import this_machine
+from serving.model_card import CARD_FILE
 from serving.model_config import SERVER_CONF, read_config
-from serving.predictor.engine_table import CARD_FILE, CPU_ENGINES, TIMINGS_KEY, CpuEngine, available, fastest_fp32
+from serving.predictor.engine_table import CPU_ENGINES, TIMINGS_KEY, CpuEngine, available, fastest_in
 
 DEFAULT_THREADS = 2  # local_service_conf.thread_num's default
 DEFAULT_MAX_BATCH = 8
@@ -74,18 +75,33 @@ def time_engine(spec: dict) -> dict:
     return {"setup_s": setup_s, "samples_ms": samples}
 
 
-def time_in_fresh_process(spec: dict, timeout_s: float = TIMEOUT_S) -> dict:
-    """One engine's timing in its own interpreter: engines' thread pools distort each other in one process."""
-    with tempfile.TemporaryDirectory(prefix="measure-") as tmp:
-        out = Path(tmp) / "timing.json"
+class WorkerProcessError(MeasureError):
+    """A worker process ran past its time, exited non-zero or wrote no result; its stderr comes along."""
+
+    def __init__(self, message: str, returncode: int | None = None, stderr_lines: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr_lines = stderr_lines or []
+
+    @property
+    def last_line(self) -> str:
+        """The worker's last word (a traceback's error line), or what happened to it."""
+        return self.stderr_lines[-1] if self.stderr_lines else str(self)
+
+
+def run_in_fresh_process(argv: list[str], timeout_s: float = TIMEOUT_S, env: dict[str, str] | None = None) -> dict:
+    """`python -m ARGV... OUT.json` in a fresh interpreter (engines' thread pools distort each other in one
+    process); the JSON the worker wrote to OUT.json."""
+    with tempfile.TemporaryDirectory(prefix="worker-") as tmp:
+        out = Path(tmp) / "result.json"
         try:
-            done = subprocess.run([sys.executable, "-m", "export.measure", json.dumps(spec), str(out)],
-                                  capture_output=True, text=True, timeout=timeout_s, check=False)
+            done = subprocess.run([sys.executable, "-m", *argv, str(out)], env=env, capture_output=True, text=True,
+                                  timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired:
-            raise MeasureError(f"ran past {timeout_s:.0f} s") from None
+            raise WorkerProcessError(f"ran past {timeout_s:.0f} s") from None
         if done.returncode != 0 or not out.is_file():
-            lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-            raise MeasureError(lines[-1] if lines else f"exited with {done.returncode}")
+            raise WorkerProcessError(f"exited with {done.returncode}", done.returncode,
+                               [line for line in done.stderr.strip().splitlines() if line.strip()])
         return json.loads(out.read_text(encoding="utf-8"))
 
 
@@ -106,9 +122,9 @@ def measure(server_dir: Path, threads: int = DEFAULT_THREADS, max_batch: int = D
         spec = {"server_dir": str(server_dir), "batches": batches, "runs": runs, "warmup": WARMUP_RUNS,
                 "budget_s": BUDGET_S, "conf": {**engine.conf, "thread_num": threads, "max_batch_size": max_batch}}
         try:
-            timing = time_in_fresh_process(spec)
-        except MeasureError as exc:
-            skipped[engine.key] = f"failed: {exc}"
+            timing = run_in_fresh_process(["export.measure", json.dumps(spec)])
+        except WorkerProcessError as exc:
+            skipped[engine.key] = f"failed: {exc.last_line}"
             continue
         rows += [row(engine, batch, timing["samples_ms"][str(batch)]) for batch in batches]
     if not rows:
@@ -155,7 +171,7 @@ def lines(server_dir: Path, table: dict) -> list[str]:
     out += [f"  {labels[r['engine']]:<20} batch {r['batch']:>3}: {r['median_ms']:9.2f} ms "
             f"({r['ms_per_image']:.2f} ms per image)" for r in table["rows"]]
     out += [f"  {labels[key]:<20} skipped: {why}" for key, why in table["skipped"].items()]
-    fastest = fastest_fp32(Path(server_dir).resolve(), table["threads"], table["machine"])
+    fastest = fastest_in(table, Path(server_dir).resolve(), table["threads"])
     if fastest is not None:
         out.append(f"  engine: auto now runs {fastest.engine.label} on this machine")
     return out

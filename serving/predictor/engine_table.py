@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 from serving.machine import this_machine
+from serving.model_card import CARD_FILE
 
-CARD_FILE = "model_card.yaml"
 TIMINGS_KEY = "engine_timings"
 
 
@@ -82,11 +82,9 @@ def available(engine: CpuEngine, model_dir: Path) -> bool:
     return has_file and importlib.util.find_spec(engine.conf["engine"]) is not None
 
 
-def fastest_fp32(model_dir: Path, threads: int, machine: dict | None = None) -> Fastest | None:
-    """The fastest FP32 engine recorded for this machine whose model file the export has; None without a table."""
-    table = table_for(recorded_tables(model_dir), machine or this_machine(), threads)
-    if table is None:
-        return None
+def fastest_in(table: dict, model_dir: Path, threads: int) -> Fastest | None:
+    """The fastest FP32 engine of one timing table whose model file and runtime are here; None if it has none
+    (`threads`: what to report when the table does not say)."""
     by_engine: dict[str, list[dict]] = {}
     for row in table["rows"]:
         engine = ENGINES_BY_KEY.get(row.get("engine"))
@@ -96,3 +94,9 @@ def fastest_fp32(model_dir: Path, threads: int, machine: dict | None = None) -> 
         return None
     key = min(by_engine, key=lambda name: score(by_engine[name]))
     return Fastest(ENGINES_BY_KEY[key], score(by_engine[key]), int(table.get("threads", threads)))
+
+
+def fastest_fp32(model_dir: Path, threads: int, machine: dict | None = None) -> Fastest | None:
+    """The fastest FP32 engine recorded for this machine whose model file the export has; None without a table."""
+    table = table_for(recorded_tables(model_dir), machine or this_machine(), threads)
+    return None if table is None else fastest_in(table, model_dir, threads)
