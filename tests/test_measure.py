@@ -3,6 +3,7 @@
 tests/test_int8.py measures an export with every engine and checks that `engine: auto` follows it.
 """
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,17 @@ def test_measure_needs_a_readable_card(tmp_path: Path) -> None:
     (tmp_path / "serving_server").mkdir()
     with pytest.raises(MeasureError, match="cannot read the model card"):
         record(tmp_path / "serving_server", {"machine": this_machine(), "threads": 2, "rows": []})
+
+
+def test_an_engine_that_cannot_load_is_listed_with_its_error(squeezenet_root: Path, tmp_path: Path, run_cli) -> None:
+    """A broken inference.onnx: ONNX Runtime's worker fails and says why; the Paddle engines are still timed."""
+    root = tmp_path / "SqueezeNet1_1"
+    shutil.copytree(squeezenet_root, root)
+    (root / "serving_server" / "inference.onnx").write_bytes(b"not a model")
+    code, stdout, err = run_cli("--measure", root, "--threads", "1", "--max-batch-size", "2", "--runs", "3")
+    assert code == 0, err
+    (table,) = yaml.safe_load((root / "model_card.yaml").read_text())["engine_timings"]
+    assert {row["engine"] for row in table["rows"]} == {"paddle_onednn", "paddle"}
+    assert table["skipped"]["onnxruntime"].startswith("failed: serving.errors.InitError: cannot create the ONNX "
+                                                      "Runtime session for "), table["skipped"]
+    assert "INVALID_PROTOBUF" in table["skipped"]["onnxruntime"] and "engine: auto now runs Paddle" in stdout
