@@ -36,6 +36,7 @@ from serving.proto import general_model_service_pb2_grpc as gm_grpc
 from serving.protocols.brpc_model_client import Client
 from tests.conftest import IMAGES, photo_bytes, running_model_server
 from tests.test_model_server import image_request, output
+from tests.test_remote_ops import remote_config
 
 
 @pytest.fixture(scope="module")
@@ -237,9 +238,7 @@ def pipeline_config(int8_root: Path, where: str, server: ModelServer) -> dict:
         op = {"local_service_conf": {"model_config": str(int8_root / "serving_server"), "precision": "int8"}}
         return {"http_port": 0, "rpc_port": 0, "op": {"imagenet": op}}
     port = server.port if where == "brpc" else server.grpc_port
-    op = {"server_endpoints": [f"127.0.0.1:{port}"],
-          "client_config": str(int8_root / "serving_client" / "serving_client_conf.prototxt")}
-    return {"http_port": 0, "rpc_port": 0, "dag": {"client_type": where}, "op": {"imagenet": op}}
+    return {**remote_config(int8_root, f"127.0.0.1:{port}", client_type=where), "rpc_port": 0}
 
 
 @pytest.mark.parametrize("where", ["local", "brpc", "grpc"])
